@@ -1,0 +1,29 @@
+"""`python -m bench [NAME ...]`: run the registered benchmarks (all by default)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Each module exposes `main(argv: list[str]) -> None`; later issues add theirs here.
+BENCHES: dict[str, str] = {}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("names", nargs="*", help=f"benchmarks to run: {', '.join(BENCHES)}")
+    args, rest = parser.parse_known_args()
+    names = args.names or list(BENCHES)
+    if not names:
+        print("no benchmarks registered yet")
+        return
+    for name in names:
+        if name not in BENCHES:
+            sys.exit(f"unknown benchmark {name!r}; known: {', '.join(BENCHES)}")
+        print(f"== {name}", flush=True)
+        importlib.import_module(BENCHES[name]).main(rest)
+
+
+if __name__ == "__main__":
+    main()
