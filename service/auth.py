@@ -1,0 +1,131 @@
+"""API keys: format, hashing, and the FastAPI dependencies that authenticate a request.
+
+A key is `bmk_` + 32 base62 characters of randomness + a 6-character checksum, so a
+typo or a truncated paste is refused without touching the database. Only
+HMAC-SHA256(secret, key) is stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import uuid
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy import select
+
+from blindmap.protocol import Role
+from service import errors
+from service.db import SessionDep
+from service.models import ApiKey, Company, utcnow
+
+KEY_PREFIX = "bmk_"
+_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_RANDOM_LEN = 32  # 62**32 ≈ 2**190
+_CHECK_LEN = 6
+KEY_LEN = len(KEY_PREFIX) + _RANDOM_LEN + _CHECK_LEN
+DISPLAY_PREFIX_LEN = len(KEY_PREFIX) + 8
+# Writing last_used_at on every request would turn each read into a write.
+_LAST_USED_GRANULARITY = timedelta(seconds=60)
+
+# One body for every authentication failure, so a caller cannot tell a revoked key
+# from a made-up one.
+_UNAUTHENTICATED = "A valid API key is required: send 'Authorization: Bearer <key>'."
+
+
+def _base62(n: int, width: int) -> str:
+    out = []
+    for _ in range(width):
+        n, r = divmod(n, 62)
+        out.append(_ALPHABET[r])
+    return "".join(reversed(out))
+
+
+def _checksum(body: str) -> str:
+    return _base62(zlib.crc32(body.encode()), _CHECK_LEN)
+
+
+def generate_key() -> str:
+    body = KEY_PREFIX + "".join(secrets.choice(_ALPHABET) for _ in range(_RANDOM_LEN))
+    return body + _checksum(body)
+
+
+def well_formed(key: str) -> bool:
+    if len(key) != KEY_LEN or not key.startswith(KEY_PREFIX):
+        return False
+    body, check = key[:-_CHECK_LEN], key[-_CHECK_LEN:]
+    if any(c not in _ALPHABET for c in body[len(KEY_PREFIX) :]):
+        return False
+    return hmac.compare_digest(check, _checksum(body))
+
+
+def hash_key(secret: bytes, key: str) -> bytes:
+    return hmac.new(secret, key.encode(), hashlib.sha256).digest()
+
+
+def display_prefix(key: str) -> str:
+    return key[:DISPLAY_PREFIX_LEN]
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the company and the key, resolved once per request."""
+
+    company: Company
+    key: ApiKey
+
+    @property
+    def company_id(self) -> uuid.UUID:
+        return self.company.id
+
+    @property
+    def role(self) -> Role:
+        return Role(self.key.role)
+
+
+def authenticate(request: Request, session: SessionDep) -> Principal:
+    header = request.headers.get("authorization", "")
+    scheme, _, key = header.partition(" ")
+    key = key.strip()
+    if scheme.lower() != "bearer" or not well_formed(key):
+        raise errors.Unauthenticated(_UNAUTHENTICATED, headers={"WWW-Authenticate": "Bearer"})
+    digest = hash_key(request.app.state.settings.hmac_secret, key)
+    row = session.execute(
+        select(ApiKey, Company)
+        .join(Company, Company.id == ApiKey.company_id)
+        .where(ApiKey.secret_hash == digest, ApiKey.revoked_at.is_(None))
+    ).first()
+    if row is None:
+        raise errors.Unauthenticated(_UNAUTHENTICATED, headers={"WWW-Authenticate": "Bearer"})
+    api_key, company = row.tuple()
+    now = utcnow()
+    if api_key.last_used_at is None or now - api_key.last_used_at > _LAST_USED_GRANULARITY:
+        api_key.last_used_at = now
+    request.state.key_prefix = api_key.prefix  # for the access log; never the key itself
+    return Principal(company=company, key=api_key)
+
+
+def require(role: Role) -> Callable[[Principal], Principal]:
+    """Dependency factory: the caller's key must have at least `role`."""
+
+    def dependency(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
+        if principal.role.rank < role.rank:
+            raise errors.Forbidden(
+                f"This action needs the '{role.value}' role; your key has "
+                f"'{principal.role.value}'.",
+                required_role=role.value,
+            )
+        return principal
+
+    return dependency
+
+
+ReaderKey = Annotated[Principal, Depends(require(Role.reader))]
+UploaderKey = Annotated[Principal, Depends(require(Role.uploader))]
+AdminKey = Annotated[Principal, Depends(require(Role.admin))]

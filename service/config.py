@@ -1,0 +1,69 @@
+"""Service settings: one validated object, built explicitly and passed to create_app()."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Self
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATABASE_URL = "sqlite:///var/blindmap.db"
+# Used only when env=dev so that `make run`/`make demo` work with zero setup; any other
+# environment must supply its own secret (validated below).
+_DEV_SECRET = "dev-only-insecure-api-key-hmac-secret"  # noqa: S105
+
+
+class Environment(StrEnum):
+    dev = "dev"
+    test = "test"
+    prod = "prod"
+
+
+class Settings(BaseSettings):
+    """Read from `BLINDMAP_*` environment variables (and `.env` if present)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BLINDMAP_", env_file=".env", extra="forbid", frozen=True
+    )
+
+    env: Environment = Environment.dev
+    database_url: str = Field(
+        DEFAULT_DATABASE_URL,
+        description="SQLAlchemy URL: sqlite:///path or postgresql+psycopg://user@host/db",
+    )
+    secret_key: SecretStr | None = Field(
+        None, description="HMAC secret for API keys; at least 32 characters outside dev"
+    )
+    max_body_bytes: int = Field(8 * 1024 * 1024, gt=0, description="413 above this")
+    log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    db_pool_size: int = Field(10, ge=1, le=200)
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.secret_key is None:
+            if self.env is not Environment.dev:
+                raise ValueError(
+                    f"BLINDMAP_SECRET_KEY is required when BLINDMAP_ENV={self.env.value} "
+                    "(generate one with: python -c 'import secrets; print(secrets.token_urlsafe(48))')"
+                )
+        elif len(self.secret_key.get_secret_value()) < 32:
+            raise ValueError("BLINDMAP_SECRET_KEY must be at least 32 characters")
+        url = self.database_url
+        if not (url.startswith("sqlite") or url.startswith("postgresql")):
+            raise ValueError(
+                f"BLINDMAP_DATABASE_URL must be sqlite:///… or postgresql+psycopg://…, got {url.split(':', 1)[0]}:…"
+            )
+        if url.startswith("postgresql://") or url.startswith("postgres://"):
+            # psycopg 3 is the only PostgreSQL driver we ship; spell it out for SQLAlchemy.
+            object.__setattr__(self, "database_url", "postgresql+psycopg://" + url.split("://", 1)[1])
+        return self
+
+    @property
+    def hmac_secret(self) -> bytes:
+        value = self.secret_key.get_secret_value() if self.secret_key else _DEV_SECRET
+        return value.encode()
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")

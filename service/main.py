@@ -1,0 +1,121 @@
+"""The application factory: `create_app(settings)` wires routers, errors and middleware."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service import errors, logs
+from service.api_key.router import router as api_key_router
+from service.company.router import router as company_router
+from service.config import Settings
+from service.db import make_engine, make_sessionmaker, ping
+from service.middleware import BodyLimit, RequestContext
+
+log = logging.getLogger("blindmap.service")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    logs.configure(settings.log_level)
+    engine = make_engine(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        engine.dispose()
+
+    app = FastAPI(
+        title="Blindmap escrow",
+        version="0.1.0",
+        description=(
+            "Privacy-preserving account mapping. The escrow stores keyed tokens and "
+            "ciphertext only; see docs/protocol.md. Errors are RFC 9457 problem+json."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.sessionmaker = make_sessionmaker(engine)
+
+    _install_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestContext)  # outermost: ids and logs even on 413
+
+    @app.get("/healthz", tags=["ops"])
+    def healthz() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["ops"], responses={503: {"description": "database unreachable"}})
+    def readyz() -> dict[str, str]:
+        """Readiness: the database answers."""
+        try:
+            ping(engine)
+        except Exception as exc:
+            log.warning("database not ready", extra={"error": type(exc).__name__})
+            raise errors.Unavailable("The database is not reachable.") from None
+        return {"status": "ready"}
+
+    app.include_router(company_router)
+    app.include_router(api_key_router)
+    return app
+
+
+def _problem(request: Request, exc: errors.ServiceError) -> JSONResponse:
+    body = exc.problem(request.url.path)
+    rid = request.scope.get("state", {}).get("request_id")
+    if rid:
+        body.setdefault("request_id", rid)
+    return JSONResponse(
+        body, status_code=exc.status, headers=exc.headers, media_type=errors.PROBLEM_JSON
+    )
+
+
+def _field_errors(raw: Any) -> list[dict[str, Any]]:
+    out = []
+    for err in raw:
+        loc = [str(p) for p in err.get("loc", ())]
+        where = loc[0] if loc and loc[0] in ("body", "query", "path", "header") else None
+        field = ".".join(loc[1:] if where else loc) or (where or "body")
+        message = err.get("msg", "invalid")
+        if err.get("type") == "extra_forbidden":
+            message = f"unknown field '{field}'"
+        out.append({"field": field, "in": where or "body", "message": message, "type": err.get("type")})
+    return out
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(errors.ServiceError)
+    async def service_error(request: Request, exc: errors.ServiceError) -> JSONResponse:
+        return _problem(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        fields = _field_errors(exc.errors())
+        names = ", ".join(sorted({f["field"] for f in fields}))
+        return _problem(request, errors.Unprocessable(f"Invalid input: {names}", errors=fields))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        cls = errors.BY_STATUS.get(exc.status_code, errors.ServiceError)
+        err = cls(str(exc.detail) if exc.detail else None, headers=dict(exc.headers or {}))
+        if cls is errors.ServiceError:
+            err.status = exc.status_code
+        return _problem(request, err)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error(
+            "unhandled error",
+            exc_info=exc,
+            extra={"request_id": request.scope.get("state", {}).get("request_id")},
+        )
+        return _problem(request, errors.ServiceError("An unexpected error occurred."))
