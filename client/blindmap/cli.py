@@ -7,10 +7,12 @@ input · 7 escrow unreachable · 8 rate limited.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import click
@@ -187,6 +189,119 @@ def keys_revoke(state: State, key_id: str) -> None:
     with state.client() as client:
         key = client.revoke_api_key(key_id)
     state.emit(key, lambda: state.console.print(f"Revoked key '{key.name}' ({key.id})."))
+
+
+# ------------------------------------------------------------ company key pair
+# `init` / `key show` work offline: they touch only the local key file (blindmap.keyfile).
+
+
+def _key_file_option(fn: Callable[P, R]) -> Callable[P, R]:
+    return click.option(
+        "--key-file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="Key file [env BLINDMAP_KEY_FILE; default $XDG_CONFIG_HOME/blindmap/key.pem].",
+    )(fn)
+
+
+def _ask_passphrase(*, confirm: bool) -> Callable[[], str]:
+    """Passphrase from BLINDMAP_KEY_PASSPHRASE, else a hidden prompt (never an argument)."""
+
+    def get() -> str:
+        from blindmap import keyfile
+
+        env = keyfile.passphrase_from_env()
+        if env is not None:
+            return env
+        try:
+            value: str = click.prompt(
+                "Key file passphrase",
+                hide_input=True,
+                confirmation_prompt=confirm,
+                err=True,
+            )
+        except click.Abort:
+            fail(
+                f"no passphrase given (set {keyfile.ENV_PASSPHRASE} to run unattended)", EXIT_USAGE
+            )
+        return value
+
+    return get
+
+
+@contextlib.contextmanager
+def _key_file_errors() -> Iterator[None]:
+    """Key-file problems are 'bad input file' (2); refusing to overwrite is a conflict (6)."""
+    from blindmap import crypto, keyfile
+
+    try:
+        yield
+    except keyfile.KeyFileExistsError as exc:
+        fail(str(exc), EXIT_REJECTED)
+    except (keyfile.KeyFileError, crypto.CryptoError) as exc:
+        fail(str(exc), EXIT_USAGE)
+
+
+def _show_key_info(state: State, title: str, info: Any) -> None:
+    state.console.print(title, style="bold", highlight=False)
+    state.console.print(f"  key file:    {info.path}", highlight=False)
+    if info.mode is not None:
+        state.console.print(f"  mode:        {info.mode:04o} (ok: readable by you only)")
+    state.console.print(f"  encrypted:   {'yes' if info.encrypted else 'no'}")
+    state.console.print(f"  fingerprint: {info.fingerprint}", highlight=False)
+    state.console.print(f"  public key:  {info.public_key_text}", highlight=False)
+    if info.backup is not None:
+        state.console.print(f"  previous key kept as {info.backup}", highlight=False)
+
+
+@main.command()
+@_key_file_option
+@click.option(
+    "--passphrase/--no-passphrase",
+    "use_passphrase",
+    default=None,
+    help="Encrypt the key file. Default: only when BLINDMAP_KEY_PASSPHRASE is set. "
+    "The passphrase is read from that variable or prompted, never from an argument.",
+)
+@click.option("--force", is_flag=True, help="Replace an existing key file (kept as a backup).")
+@pass_state
+@handle_errors
+def init(state: State, key_file: Path | None, use_passphrase: bool | None, force: bool) -> None:
+    """Create your company's X25519 key pair in a 0600 key file.
+
+    Prints the public key and its fingerprint; the private key never leaves the file.
+    """
+    from blindmap import keyfile
+
+    if use_passphrase is None:
+        passphrase: keyfile.Passphrase = keyfile.passphrase_from_env()
+    elif use_passphrase:
+        passphrase = _ask_passphrase(confirm=True)
+    else:
+        passphrase = None
+    with _key_file_errors():
+        info = keyfile.create_key_file(key_file, passphrase=passphrase, force=force)
+    # Seam for `init --register` (later issue): upload `info.public_key` with
+    # `state.client()` here; the escrow bumps key_epoch. Nothing is sent today.
+    state.emit(info.as_dict(), lambda: _show_key_info(state, "Created your key pair.", info))
+
+
+@main.group()
+def key() -> None:
+    """Your company's key pair (local key file; see also `blindmap init`)."""
+
+
+@key.command("show")
+@_key_file_option
+@pass_state
+@handle_errors
+def key_show(state: State, key_file: Path | None) -> None:
+    """Show the key file's path, mode check, fingerprint and public key."""
+    from blindmap import keyfile
+
+    with _key_file_errors():
+        info = keyfile.inspect_key_file(key_file, passphrase=_ask_passphrase(confirm=False))
+    state.emit(info.as_dict(), lambda: _show_key_info(state, "Your key pair.", info))
 
 
 if __name__ == "__main__":  # pragma: no cover
