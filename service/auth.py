@@ -103,7 +103,7 @@ def authenticate(request: Request, session: SessionDep) -> Principal:
     ).first()
     if row is None:
         raise errors.Unauthenticated(_UNAUTHENTICATED, headers={"WWW-Authenticate": "Bearer"})
-    api_key, company = row.tuple()
+    api_key, company = row[0], row[1]
     now = utcnow()
     if api_key.last_used_at is None or now - api_key.last_used_at > _LAST_USED_GRANULARITY:
         api_key.last_used_at = now

@@ -70,10 +70,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def _problem(request: Request, exc: errors.ServiceError) -> JSONResponse:
+    # The request id travels in the X-Request-ID header, not the body, so that equal
+    # failures (e.g. every 401) have byte-identical bodies.
     body = exc.problem(request.url.path)
-    rid = request.scope.get("state", {}).get("request_id")
-    if rid:
-        body.setdefault("request_id", rid)
     return JSONResponse(
         body, status_code=exc.status, headers=exc.headers, media_type=errors.PROBLEM_JSON
     )

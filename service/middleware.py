@@ -75,18 +75,28 @@ class BodyLimit:
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             await self._reject(scope, send)
             return
+        if length is not None:
+            await self.app(scope, receive, send)  # the server enforces Content-Length
+            return
+        # Chunked body of unknown size: buffer up to the limit, then replay it. Raising
+        # from inside receive() would surface as a framework 400, not our 413.
+        parts: list[bytes] = []
         seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
+        more = True
+        while more:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise self._error()
-            return message
-
-        await self.app(scope, limited, send)
+            if message["type"] != "http.request":
+                await self.app(scope, _replay([message]), send)
+                return
+            body = message.get("body", b"")
+            seen += len(body)
+            if seen > self.max_bytes:
+                await self._reject(scope, send)
+                return
+            parts.append(body)
+            more = message.get("more_body", False)
+        replay = [{"type": "http.request", "body": b"".join(parts), "more_body": False}]
+        await self.app(scope, _replay(replay, receive), send)
 
     def _error(self) -> errors.PayloadTooLarge:
         return errors.PayloadTooLarge(
@@ -95,11 +105,7 @@ class BodyLimit:
         )
 
     async def _reject(self, scope: Scope, send: Send) -> None:
-        problem = self._error().problem(scope["path"])
-        rid = scope.get("state", {}).get("request_id")
-        if rid:
-            problem["request_id"] = rid
-        body = json.dumps(problem).encode()
+        body = json.dumps(self._error().problem(scope["path"])).encode()
         await send(
             {
                 "type": "http.response.start",
@@ -112,6 +118,17 @@ class BodyLimit:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+def _replay(messages: list[Message], then: Receive | None = None) -> Receive:
+    async def receive() -> Message:
+        if messages:
+            return messages.pop(0)
+        if then is not None:
+            return await then()
+        return {"type": "http.disconnect"}
+
+    return receive
 
 
 def _header(scope: Scope, name: bytes) -> Any:

@@ -1,0 +1,74 @@
+"""Tenant isolation: walk every route with company B's keys against company A's data.
+
+Another company's object must be a 404 (never 403: existence is not confirmed) and no
+listing may contain another company's data. When a route is added, add its path
+parameters to ID_OF_A; test_every_route_is_walked fails until you do.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+# path parameter -> function(tenants) giving the id of one of company A's objects
+ID_OF_A = {
+    "key_id": lambda t: t.a.key_ids["reader"],
+}
+SAMPLE_BODIES = {
+    ("POST", "/v1/api-keys"): {"name": "probe", "role": "reader"},
+}
+
+
+def _routes(app):
+    # The OpenAPI document is the public list of operations (routers nest in FastAPI).
+    for path, ops in app.openapi()["paths"].items():
+        if path.startswith("/v1/"):
+            for method in sorted(ops):
+                yield method.upper(), path
+
+
+def _params(path: str) -> list[str]:
+    return re.findall(r"{(\w+)}", path)
+
+
+def test_every_route_is_walked(app):
+    missing = {p for _, path in _routes(app) for p in _params(path) if p not in ID_OF_A}
+    assert not missing, f"add these path parameters to ID_OF_A: {missing}"
+
+
+def test_other_companies_objects_are_404(app, client, tenants):
+    checked = 0
+    for method, path in _routes(app):
+        if not _params(path):
+            continue
+        url = path.format(**{p: ID_OF_A[p](tenants) for p in _params(path)})
+        for role in ("admin", "uploader", "reader"):
+            r = client.request(method, url, headers=tenants.b.headers(role), json=SAMPLE_BODIES.get((method, path)))
+            # A weaker role may be refused for its role first (403 says nothing about A).
+            assert r.status_code in (404, 403), (method, url, role, r.status_code, r.text)
+            if role == "admin":
+                assert r.status_code == 404, (method, url, r.text)
+            assert str(tenants.a.id) not in r.text
+        checked += 1
+    assert checked >= 1
+    # nothing of A's was changed by B's attempts
+    assert client.get("/v1/me", headers=tenants.a.headers("reader")).status_code == 200
+
+
+def test_listings_hold_no_foreign_data(app, client, tenants):
+    a_markers = [str(tenants.a.id), tenants.a.slug, *(str(i) for i in tenants.a.key_ids.values())]
+    a_markers += [k[:12] for k in tenants.a.keys.values()]
+    for method, path in _routes(app):
+        if method != "GET" or _params(path):
+            continue
+        r = client.get(path, headers=tenants.b.headers("admin"))
+        assert r.status_code == 200, (path, r.text)
+        text = json.dumps(r.json())
+        for marker in a_markers:
+            assert marker not in text, (path, marker)
+
+
+def test_malformed_ids_are_404_too(client, tenants):
+    r = client.delete("/v1/api-keys/not-a-uuid", headers=tenants.b.headers())
+    assert r.status_code in (404, 422)
+    assert r.headers["content-type"] == "application/problem+json"
