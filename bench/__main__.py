@@ -7,7 +7,9 @@ import importlib
 import sys
 
 # Each module exposes `main(argv: list[str]) -> None`; later issues add theirs here.
-BENCHES: dict[str, str] = {}
+BENCHES: dict[str, str] = {
+    "crypto": "bench.bench_crypto",
+}
 
 
 def main() -> None:
