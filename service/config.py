@@ -45,18 +45,22 @@ class Settings(BaseSettings):
             if self.env is not Environment.dev:
                 raise ValueError(
                     f"BLINDMAP_SECRET_KEY is required when BLINDMAP_ENV={self.env.value} "
-                    "(generate one with: python -c 'import secrets; print(secrets.token_urlsafe(48))')"
+                    "(generate one with: "
+                    "python -c 'import secrets; print(secrets.token_urlsafe(48))')"
                 )
         elif len(self.secret_key.get_secret_value()) < 32:
             raise ValueError("BLINDMAP_SECRET_KEY must be at least 32 characters")
         url = self.database_url
         if not (url.startswith("sqlite") or url.startswith("postgresql")):
             raise ValueError(
-                f"BLINDMAP_DATABASE_URL must be sqlite:///… or postgresql+psycopg://…, got {url.split(':', 1)[0]}:…"
+                "BLINDMAP_DATABASE_URL must be sqlite:///… or postgresql+psycopg://…, "
+                f"got {url.split(':', 1)[0]}:…"
             )
         if url.startswith("postgresql://") or url.startswith("postgres://"):
             # psycopg 3 is the only PostgreSQL driver we ship; spell it out for SQLAlchemy.
-            object.__setattr__(self, "database_url", "postgresql+psycopg://" + url.split("://", 1)[1])
+            object.__setattr__(
+                self, "database_url", "postgresql+psycopg://" + url.split("://", 1)[1]
+            )
         return self
 
     @property

@@ -26,9 +26,7 @@ def make_engine(settings: Settings) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         _configure_sqlite(engine)
         return engine
-    return create_engine(
-        url, pool_size=settings.db_pool_size, max_overflow=10, pool_pre_ping=True
-    )
+    return create_engine(url, pool_size=settings.db_pool_size, max_overflow=10, pool_pre_ping=True)
 
 
 def _configure_sqlite(engine: Engine) -> None:

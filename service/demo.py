@@ -86,7 +86,9 @@ def run(workdir: str) -> int:
     _step("1. The operator creates two companies (each gets one admin key, shown once)")
     keys: dict[str, str] = {}
     for slug, name in (("acme", "Acme Analytics"), ("globex", "Globex Cloud")):
-        out = _run(["blindmap-server", "create-company", slug, "--name", name, "--json"], env, capture=True)
+        out = _run(
+            ["blindmap-server", "create-company", slug, "--name", name, "--json"], env, capture=True
+        )
         keys[slug] = json.loads(out)["admin_key"]
         console.print(f"  {name}: admin key {keys[slug][:12]}… (full key kept by the demo)")
 
@@ -99,18 +101,28 @@ def run(workdir: str) -> int:
     )
     try:
         _wait_ready(url, server)
-        console.print(f"  ready; OpenAPI docs at [link]{url}/docs[/link] while it runs (`make run` keeps one up)")
+        console.print(
+            f"  ready; OpenAPI docs at [link]{url}/docs[/link] while it runs "
+            "(`make run` keeps one up)"
+        )
 
         _step("3. Each company asks who it is, through the `blindmap` CLI")
-        for slug, key in keys.items():
+        for key in keys.values():
             _run(["blindmap", "whoami"], {**env, "BLINDMAP_API_KEY": key})
 
         _step("4. Acme's admin creates a read-only key for a sales rep and lists its keys")
         acme = {**env, "BLINDMAP_API_KEY": keys["acme"]}
         created = json.loads(
-            _run(["blindmap", "--json", "keys", "create", "--name", "sales rep", "--role", "reader"], acme, capture=True)
+            _run(
+                ["blindmap", "--json", "keys", "create", "--name", "sales rep", "--role", "reader"],
+                acme,
+                capture=True,
+            )
         )
-        console.print(f"  new reader key {created['prefix']}… (its secret is printed once, then only its HMAC is stored)")
+        console.print(
+            f"  new reader key {created['prefix']}… (its secret is printed once; "
+            "the escrow stores only its HMAC)"
+        )
         _run(["blindmap", "keys", "list"], acme)
 
         _step("5. A reader key cannot create keys: a clear 403 and a non-zero exit")
@@ -118,7 +130,10 @@ def run(workdir: str) -> int:
         _show(["blindmap", "keys", "create", "--name", "x", "--role", "admin"])
         proc = subprocess.run(
             [str(BIN / "blindmap"), "keys", "create", "--name", "x", "--role", "admin"],
-            env=reader, text=True, capture_output=True, check=False,
+            env=reader,
+            text=True,
+            capture_output=True,
+            check=False,
         )
         console.print(f"  exit code {proc.returncode}: {proc.stderr.strip()}")
         if proc.returncode == 0:

@@ -87,7 +87,9 @@ def _field_errors(raw: Any) -> list[dict[str, Any]]:
         message = err.get("msg", "invalid")
         if err.get("type") == "extra_forbidden":
             message = f"unknown field '{field}'"
-        out.append({"field": field, "in": where or "body", "message": message, "type": err.get("type")})
+        out.append(
+            {"field": field, "in": where or "body", "message": message, "type": err.get("type")}
+        )
     return out
 
 

@@ -15,7 +15,9 @@ def _settings(**overrides: object) -> Settings:
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        lines = [f"  {'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors()]
+        lines = [
+            f"  {'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors()
+        ]
         raise click.ClickException("invalid configuration:\n" + "\n".join(lines)) from None
 
 
@@ -54,7 +56,9 @@ def serve(host: str, port: int, workers: int, do_migrate: bool | None) -> None:
     settings = _settings()
     if do_migrate if do_migrate is not None else settings.is_sqlite:
         run(settings.database_url)
-    click.echo(f"Blindmap escrow on http://{host}:{port} — API docs at http://{host}:{port}/docs", err=True)
+    click.echo(
+        f"Blindmap escrow on http://{host}:{port} — API docs at http://{host}:{port}/docs", err=True
+    )
     uvicorn.run(
         "service.main:create_app",
         factory=True,
@@ -72,9 +76,9 @@ def serve(host: str, port: int, workers: int, do_migrate: bool | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def create_company(slug: str, display_name: str, as_json: bool) -> None:
     """Create a company and print its first admin key (shown once)."""
+    from blindmap.protocol import DisplayName, Slug
     from pydantic import TypeAdapter
 
-    from blindmap.protocol import DisplayName, Slug
     from service import errors
     from service.company import service
     from service.db import make_engine, make_sessionmaker
@@ -112,7 +116,9 @@ def create_company(slug: str, display_name: str, as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--workdir", default="var/demo", show_default=True, help="Where the demo keeps its files.")
+@click.option(
+    "--workdir", default="var/demo", show_default=True, help="Where the demo keeps its files."
+)
 def demo(workdir: str) -> None:
     """Run the end-to-end walkthrough on an embedded SQLite database."""
     from service.demo import run

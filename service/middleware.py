@@ -95,7 +95,9 @@ class BodyLimit:
                 return
             parts.append(body)
             more = message.get("more_body", False)
-        replay = [{"type": "http.request", "body": b"".join(parts), "more_body": False}]
+        replay: list[Message] = [
+            {"type": "http.request", "body": b"".join(parts), "more_body": False}
+        ]
         await self.app(scope, _replay(replay, receive), send)
 
     def _error(self) -> errors.PayloadTooLarge:

@@ -42,7 +42,7 @@ class TenantRepository(Generic[M]):
     def scope(self) -> ColumnElement[bool]:
         return self.model.company_id == self.company_id  # type: ignore[no-any-return]
 
-    def select(self) -> Select[tuple[M]]:
+    def select(self) -> Select[M]:
         return select(self.model).where(self.scope())
 
     def get(self, obj_id: uuid.UUID | str, *, for_update: bool = False) -> M:
@@ -56,7 +56,7 @@ class TenantRepository(Generic[M]):
         obj = self.session.execute(stmt).scalar_one_or_none()
         if obj is None:
             raise errors.NotFound(f"{self.not_found}: {obj_id}")
-        return obj  # type: ignore[no-any-return]
+        return obj
 
     def add(self, obj: M) -> M:
         self.session.add(obj)
@@ -64,20 +64,22 @@ class TenantRepository(Generic[M]):
         return obj
 
     def page(
-        self, stmt: Select[tuple[M]], *, cursor: str | None, limit: int
+        self, stmt: Select[M], *, cursor: str | None, limit: int
     ) -> tuple[Sequence[M], str | None]:
         """Keyset pagination, newest first, on (created_at, id)."""
         created, ident = self.model.created_at, self.model.id
         if cursor:
             at, last_id = decode_cursor(cursor)
             stmt = stmt.where(or_(created < at, and_(created == at, ident < last_id)))
-        rows = self.session.execute(
-            stmt.order_by(created.desc(), ident.desc()).limit(limit + 1)
-        ).scalars().all()
+        rows = (
+            self.session.execute(stmt.order_by(created.desc(), ident.desc()).limit(limit + 1))
+            .scalars()
+            .all()
+        )
         if len(rows) <= limit:
             return rows, None
         rows = rows[:limit]
-        last = rows[-1]
+        last: Any = rows[-1]
         return rows, encode_cursor(last.created_at, last.id)
 
 
@@ -93,5 +95,6 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         return datetime.fromisoformat(at), uuid.UUID(obj_id)
     except (ValueError, TypeError, binascii.Error):
         raise errors.Unprocessable(
-            "Invalid cursor", errors=[{"field": "cursor", "message": "not a cursor this API issued"}]
+            "Invalid cursor",
+            errors=[{"field": "cursor", "message": "not a cursor this API issued"}],
         ) from None

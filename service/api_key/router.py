@@ -5,9 +5,9 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
+from blindmap import protocol
 from fastapi import APIRouter, Query, Request, status
 
-from blindmap import protocol
 from service.api_key import service
 from service.auth import AdminKey
 from service.db import SessionDep

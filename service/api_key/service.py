@@ -5,9 +5,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
+from blindmap.protocol import Role
 from sqlalchemy.orm import Session
 
-from blindmap.protocol import Role
 from service import auth, errors
 from service.models import ApiKey, utcnow
 from service.repository import TenantRepository

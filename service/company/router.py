@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from blindmap import protocol
 from fastapi import APIRouter
 
-from blindmap import protocol
 from service.auth import ReaderKey
 
 router = APIRouter(prefix="/v1", tags=["company"])

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from blindmap.protocol import Role
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from blindmap.protocol import Role
 from service import errors
 from service.api_key import service as api_key_service
 from service.models import Company, utcnow
