@@ -360,15 +360,18 @@ class RefMaker:
 # ------------------------------------------------------------------------ sealing
 
 
+# One encoder for all records: `json.dumps` with options builds a new one per call.
+_CANONICAL: Final = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
+
+
 def canonical_json(fields: Mapping[str, Any]) -> bytes:
     """UTF-8 JSON, keys sorted, `,`/`:` separators, non-ASCII kept literal, no NaN/Inf."""
     if not isinstance(fields, Mapping):
         raise TypeError("sealed fields must be a mapping of field name to value")
     try:
-        text = json.dumps(
-            fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-        )
-        return text.encode("utf-8")
+        return _CANONICAL.encode(fields).encode("utf-8")
     except (TypeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError
         raise SealError(f"fields cannot be sealed: {exc}") from None
 
