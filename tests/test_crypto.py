@@ -243,7 +243,7 @@ def test_public_key_validation() -> None:
         crypto.load_public_key(b"\x01" * 31)
     with pytest.raises(crypto.InvalidPublicKeyError):
         crypto.load_public_key("not bytes")  # type: ignore[arg-type]
-    for text in ["", "abc", "A" * 44, "hSDwCYkwp1R0i33ctD73Wg2_Og0mOBr066SpjqqbTm+"]:
+    for text in ["", "abc", "A" * 44, "hSDwCYkwp1R0i33ctD73Wg2_Og0mOBr066SpjqqbTm+", "é" * 43]:
         with pytest.raises(crypto.InvalidPublicKeyError):
             crypto.decode_public_key(text)
     # non-canonical trailing bits in the last base64 character

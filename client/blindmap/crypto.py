@@ -131,10 +131,13 @@ def encode_public_key(raw: bytes) -> str:
     return base64.urlsafe_b64encode(load_public_key(raw).public_bytes_raw()).rstrip(b"=").decode()
 
 
+_B64URL: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
 def decode_public_key(text: str) -> bytes:
     """Inverse of `encode_public_key`; validates the result is a 32-byte public key."""
     s = text.strip()
-    if not s or len(s) != 43 or not all(c.isalnum() or c in "-_" for c in s):
+    if len(s) != 43 or not set(s) <= _B64URL:
         raise InvalidPublicKeyError(
             "a public key is 43 base64url characters (A-Z a-z 0-9 - _), without padding"
         )
