@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated
 
-from blindmap.protocol import Role
 from fastapi import Depends, Request
 from sqlalchemy import select
 
+from blindmap.protocol import Role
 from service import errors
 from service.db import SessionDep
 from service.models import ApiKey, Company, utcnow

@@ -14,10 +14,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import errors, logs
 from service.api_key.router import router as api_key_router
+from service.audit.router import router as audit_router
 from service.company.router import router as company_router
 from service.config import Settings
 from service.db import make_engine, make_sessionmaker, ping
 from service.middleware import BodyLimit, RequestContext
+from service.partnership.router import router as partnership_router
+from service.policy.router import router as policy_router
+from service.population.router import router as population_router
 
 log = logging.getLogger("blindmap.service")
 
@@ -66,6 +70,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(company_router)
     app.include_router(api_key_router)
+    app.include_router(population_router)
+    app.include_router(partnership_router)
+    app.include_router(policy_router)
+    app.include_router(audit_router)
     return app
 
 

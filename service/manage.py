@@ -76,9 +76,9 @@ def serve(host: str, port: int, workers: int, do_migrate: bool | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def create_company(slug: str, display_name: str, as_json: bool) -> None:
     """Create a company and print its first admin key (shown once)."""
-    from blindmap.protocol import DisplayName, Slug
     from pydantic import TypeAdapter
 
+    from blindmap.protocol import DisplayName, Slug
     from service import errors
     from service.company import service
     from service.db import make_engine, make_sessionmaker

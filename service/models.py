@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
+    JSON,
     CheckConstraint,
     DateTime,
     ForeignKey,
@@ -16,6 +17,7 @@ from sqlalchemy import (
     MetaData,
     String,
     TypeDecorator,
+    UniqueConstraint,
     Uuid,
 )
 from sqlalchemy.engine import Dialect
@@ -94,3 +96,98 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+POPULATION_KINDS = ("customers", "opportunities", "prospects", "partners", "other")
+
+
+class Population(Base):
+    """A named list a company keeps (customers, open opportunities, ...)."""
+
+    __tablename__ = "populations"
+    __table_args__ = (
+        UniqueConstraint("company_id", "slug"),
+        CheckConstraint(
+            "kind IN ('customers', 'opportunities', 'prospects', 'partners', 'other')",
+            name="kind",
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    company_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("companies.id", ondelete="CASCADE"))
+    slug: Mapped[str] = mapped_column(String(63))
+    display_name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+PARTNERSHIP_STATUSES = ("pending", "active", "ended")
+
+
+class Partnership(Base):
+    """Two companies that agreed to map accounts. Ended ones stay as a tombstone (ids,
+    status, times, no record data) so that audit and disclosure entries keep a target."""
+
+    __tablename__ = "partnerships"
+    __table_args__ = (
+        CheckConstraint("status IN ('pending', 'active', 'ended')", name="status"),
+        CheckConstraint("inviter_id <> invitee_id", name="not_self"),
+        Index(None, "inviter_id"),
+        Index(None, "invitee_id"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    inviter_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("companies.id", ondelete="CASCADE"))
+    invitee_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("companies.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    # "<smaller id>:<larger id>" while not ended, NULL once ended: a plain unique
+    # constraint then forbids two live partnerships of one pair on both databases.
+    live_pair: Mapped[str | None] = mapped_column(String(80), unique=True)
+    inviter_epoch: Mapped[int | None] = mapped_column(Integer)
+    invitee_epoch: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    accepted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    ended_by_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("companies.id", ondelete="SET NULL")
+    )
+
+
+class Policy(Base):
+    """One immutable version of what `owner` shares with the partner of a partnership."""
+
+    __tablename__ = "policies"
+    __table_args__ = (UniqueConstraint("partnership_id", "owner_id", "version"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    partnership_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("partnerships.id", ondelete="CASCADE")
+    )
+    owner_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("companies.id", ondelete="CASCADE"))
+    version: Mapped[int] = mapped_column(Integer)
+    document: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_by_key_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("api_keys.id", ondelete="SET NULL")
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class AuditEvent(Base):
+    """Append-only record of a mutation: who (company, key), what, when. Holds ids and
+    names, never record data, tokens or keys."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (Index(None, "company_id", "created_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    company_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("companies.id", ondelete="CASCADE"))
+    actor_key_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("api_keys.id", ondelete="SET NULL")
+    )
+    actor_key_prefix: Mapped[str | None] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(64))
+    target_type: Mapped[str] = mapped_column(String(32))
+    target_id: Mapped[str | None] = mapped_column(String(64))
+    partnership_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, index=True)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -29,7 +29,7 @@ PG_HOST = os.environ.get("BLINDMAP_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("BLINDMAP_TEST_PG_PORT", "5432"))
 PG_USER = os.environ.get("BLINDMAP_TEST_PG_USER", "postgres")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-TEST_SECRET = "test-secret-key-0123456789abcdef0123456789"  # noqa: S105
+TEST_SECRET = "test-secret-key-0123456789abcdef0123456789"
 BACKENDS = ("sqlite", "postgresql")
 REPO = Path(__file__).resolve().parent.parent
 
@@ -201,6 +201,7 @@ class Tenants:
 
 def make_tenant(app: FastAPI, slug: str, name: str) -> Tenant:
     from blindmap.protocol import Role
+
     from service.api_key import service as keys
     from service.company import service as companies
 
@@ -215,7 +216,11 @@ def make_tenant(app: FastAPI, slug: str, name: str) -> Tenant:
         tenant.key_ids["admin"] = admin.id
         for role in (Role.uploader, Role.reader):
             key, plain = keys.issue(
-                s, company_id=company.id, secret=secret, name=f"{role.value} key", role=role,
+                s,
+                company_id=company.id,
+                secret=secret,
+                name=f"{role.value} key",
+                role=role,
                 created_by=admin,
             )
             tenant.keys[role.value] = plain
@@ -226,7 +231,9 @@ def make_tenant(app: FastAPI, slug: str, name: str) -> Tenant:
 @pytest.fixture
 def tenants(app: FastAPI) -> Tenants:
     """Two companies, each with an admin, an uploader and a reader key."""
-    return Tenants(a=make_tenant(app, "acme", "Acme Analytics"), b=make_tenant(app, "globex", "Globex Cloud"))
+    return Tenants(
+        a=make_tenant(app, "acme", "Acme Analytics"), b=make_tenant(app, "globex", "Globex Cloud")
+    )
 
 
 @pytest.fixture
@@ -248,7 +255,6 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):  # type: igno
         terminalreporter.write_line(f"SKIPPED the PostgreSQL half: {msg}", yellow=True)
 
 
-
 def pytest_sessionfinish(session, exitstatus):  # type: ignore[no-untyped-def]
     workeroutput = getattr(session.config, "workeroutput", None)
     if workeroutput is not None:  # an xdist worker: hand the counts to the controller
@@ -261,3 +267,30 @@ def pytest_testnodedown(node, error):  # type: ignore[no-untyped-def]
     for b, n in out.get("backend_counts", {}).items():
         _ran[b] += n
     _skipped_pg.extend(out.get("skipped_pg", []))
+
+
+# -- partnerships ------------------------------------------------------------------------
+def register_key(client: TestClient, tenant: Tenant):  # type: ignore[no-untyped-def]
+    """Give `tenant` a fresh X25519 key pair, registered with the escrow."""
+    from blindmap import crypto
+
+    priv = crypto.generate_private_key()
+    pub = crypto.encode_public_key(crypto.public_key_bytes(priv))
+    r = client.put("/v1/me/public-key", json={"public_key": pub}, headers=tenant.headers())
+    assert r.status_code == 200, r.text
+    tenant.private_key = priv  # type: ignore[attr-defined]
+    return priv
+
+
+def partner_up(client: TestClient, inviter: Tenant, invitee: Tenant, *, accept: bool = True) -> str:
+    """An (active by default) partnership between two tenants with registered keys."""
+    for t in (inviter, invitee):
+        if not hasattr(t, "private_key"):
+            register_key(client, t)
+    r = client.post("/v1/partnerships", json={"partner": invitee.slug}, headers=inviter.headers())
+    assert r.status_code == 201, r.text
+    pid = r.json()["id"]
+    if accept:
+        r = client.post(f"/v1/partnerships/{pid}/accept", headers=invitee.headers())
+        assert r.status_code == 200, r.text
+    return str(pid)

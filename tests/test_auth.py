@@ -22,11 +22,16 @@ def test_me_returns_company_and_key(client, tenants):
 
 def test_every_authentication_failure_has_one_identical_body(client, tenants):
     revoked = tenants.a.keys["reader"]
-    assert client.delete(
-        f"/v1/api-keys/{tenants.a.key_ids['reader']}", headers=tenants.a.headers()
-    ).status_code == 200
+    assert (
+        client.delete(
+            f"/v1/api-keys/{tenants.a.key_ids['reader']}", headers=tenants.a.headers()
+        ).status_code
+        == 200
+    )
     valid_shape_unknown = auth.generate_key()
-    bad_checksum = tenants.a.keys["admin"][:-1] + ("A" if tenants.a.keys["admin"][-1] != "A" else "B")
+    bad_checksum = tenants.a.keys["admin"][:-1] + (
+        "A" if tenants.a.keys["admin"][-1] != "A" else "B"
+    )
     attempts = {
         "missing": {},
         "wrong scheme": {"Authorization": f"Basic {tenants.a.keys['admin']}"},
@@ -52,7 +57,9 @@ def test_revocation_takes_effect_on_next_request(client, tenants):
     assert r.status_code == 200 and r.json()["revoked_at"]
     assert client.get("/v1/me", headers=h).status_code == 401
     # revoking again is harmless and keeps the first revocation time
-    again = client.delete(f"/v1/api-keys/{tenants.a.key_ids['uploader']}", headers=tenants.a.headers())
+    again = client.delete(
+        f"/v1/api-keys/{tenants.a.key_ids['uploader']}", headers=tenants.a.headers()
+    )
     assert again.json()["revoked_at"] == r.json()["revoked_at"]
 
 
@@ -71,9 +78,12 @@ def test_create_list_revoke_key(client, tenants):
     assert r.status_code == 201
     created = r.json()
     assert auth.well_formed(created["key"]) and created["key"].startswith(created["prefix"])
-    assert client.get("/v1/me", headers={"Authorization": f"Bearer {created['key']}"}).json()[
-        "api_key"
-    ]["role"] == "uploader"
+    assert (
+        client.get("/v1/me", headers={"Authorization": f"Bearer {created['key']}"}).json()[
+            "api_key"
+        ]["role"]
+        == "uploader"
+    )
     listed = client.get("/v1/api-keys", headers=h).json()["items"]
     assert created["id"] in {k["id"] for k in listed}
     assert all("key" not in k for k in listed)
@@ -106,15 +116,19 @@ def test_list_paginates_with_cursor(client, tenants):
 
 def test_a_key_cannot_grant_above_its_own_role(session, tenants):
     import pytest
-
     from blindmap.protocol import Role
+
     from service import errors
     from service.api_key import service
 
     uploader = session.get(ApiKey, tenants.a.key_ids["uploader"])
     with pytest.raises(errors.Forbidden, match="cannot create a 'admin' key"):
         service.issue(
-            session, company_id=tenants.a.id, secret=b"s" * 32, name="x", role=Role.admin,
+            session,
+            company_id=tenants.a.id,
+            secret=b"s" * 32,
+            name="x",
+            role=Role.admin,
             created_by=uploader,
         )
     session.rollback()
@@ -165,7 +179,11 @@ def test_invalid_values_are_422_naming_the_field(client, tenants):
     r = client.post("/v1/api-keys", json={"name": "", "role": "owner"}, headers=tenants.a.headers())
     assert r.status_code == 422
     assert {e["field"] for e in r.json()["errors"]} == {"name", "role"}
-    r = client.post("/v1/api-keys", content=b"{not json", headers={**tenants.a.headers(), "content-type": "application/json"})
+    r = client.post(
+        "/v1/api-keys",
+        content=b"{not json",
+        headers={**tenants.a.headers(), "content-type": "application/json"},
+    )
     assert r.status_code == 422
 
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 
-import pytest
-from click.testing import CliRunner
-
 import blindmap
+import pytest
 from blindmap import cli
+from click.testing import CliRunner
 
 
 @pytest.fixture
@@ -18,7 +17,8 @@ def run(client, monkeypatch):
         if key is None:
             monkeypatch.delenv("BLINDMAP_API_KEY", raising=False)
         monkeypatch.setattr(
-            cli.State, "client",
+            cli.State,
+            "client",
             lambda self: blindmap.Client(base_url="http://testserver", http_client=client),
         )
         return CliRunner().invoke(cli.main, list(args), env=env, catch_exceptions=False)
@@ -35,7 +35,9 @@ def test_whoami_human_and_json(run, tenants):
 
 
 def test_keys_create_list_revoke(run, tenants):
-    r = run(tenants.a.keys["admin"], "--json", "keys", "create", "--name", "rep", "--role", "reader")
+    r = run(
+        tenants.a.keys["admin"], "--json", "keys", "create", "--name", "rep", "--role", "reader"
+    )
     assert r.exit_code == 0, r.output
     created = json.loads(r.output)
     r = run(tenants.a.keys["admin"], "keys", "list")
@@ -51,7 +53,10 @@ def test_exit_codes(run, tenants):
     assert run("bmk_" + "x" * 38, "whoami").exit_code == cli.EXIT_AUTH
     r = run(tenants.b.keys["admin"], "keys", "revoke", str(tenants.a.key_ids["reader"]))
     assert r.exit_code == cli.EXIT_NOT_FOUND and "404" in r.output
-    assert run(tenants.a.keys["admin"], "keys", "create", "--name", "x", "--role", "boss").exit_code == cli.EXIT_USAGE
+    assert (
+        run(tenants.a.keys["admin"], "keys", "create", "--name", "x", "--role", "boss").exit_code
+        == cli.EXIT_USAGE
+    )
 
 
 def test_missing_api_key_is_a_clear_error(run):

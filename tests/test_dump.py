@@ -25,7 +25,9 @@ def dump_database(database_url: str) -> bytes:
 
 
 def test_dump_holds_no_plaintext_api_key(client, tenants, database_url):
-    extra = client.post("/v1/api-keys", json={"name": "x", "role": "uploader"}, headers=tenants.a.headers())
+    extra = client.post(
+        "/v1/api-keys", json={"name": "x", "role": "uploader"}, headers=tenants.a.headers()
+    )
     keys = [*tenants.a.keys.values(), *tenants.b.keys.values(), extra.json()["key"]]
     dump = dump_database(database_url)
     assert b"acme" in dump  # the dump is real: it does hold company slugs

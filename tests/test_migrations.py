@@ -31,9 +31,8 @@ def test_downgrade_and_upgrade_again(tmp_path, pg_server):
 
 
 def test_migration_files_have_dated_names():
-    from pathlib import Path
-
     import re
+    from pathlib import Path
 
     versions = Path(__file__).resolve().parent.parent / "migrations" / "versions"
     files = [p.name for p in versions.glob("*.py")]

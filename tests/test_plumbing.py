@@ -31,8 +31,11 @@ def test_health_and_readiness(client):
 
 
 def test_readyz_reports_an_unreachable_database():
-    settings = Settings(env="test", secret_key="s" * 40,
-                        database_url="postgresql+psycopg://postgres@127.0.0.1:1/none?connect_timeout=1")
+    settings = Settings(
+        env="test",
+        secret_key="s" * 40,
+        database_url="postgresql+psycopg://postgres@127.0.0.1:1/none?connect_timeout=1",
+    )
     with TestClient(create_app(settings)) as c:
         r = c.get("/readyz")
         assert r.status_code == 503
@@ -43,10 +46,14 @@ def test_readyz_reports_an_unreachable_database():
 def test_oversized_body_is_413_with_the_limit(database_url, tenants, app):
     from tests.conftest import TEST_SECRET
 
-    small = Settings(env="test", secret_key=TEST_SECRET, database_url=database_url, max_body_bytes=1000)
+    small = Settings(
+        env="test", secret_key=TEST_SECRET, database_url=database_url, max_body_bytes=1000
+    )
     with TestClient(create_app(small)) as c:
         h = tenants.a.headers()
-        r = c.post("/v1/api-keys", content=b"x" * 1001, headers={**h, "content-type": "application/json"})
+        r = c.post(
+            "/v1/api-keys", content=b"x" * 1001, headers={**h, "content-type": "application/json"}
+        )
         assert r.status_code == 413 and r.json()["limit_bytes"] == 1000
         assert "1000 bytes" in r.json()["detail"]
 
@@ -54,7 +61,9 @@ def test_oversized_body_is_413_with_the_limit(database_url, tenants, app):
             for _ in range(20):
                 yield b" " * 100
 
-        r = c.post("/v1/api-keys", content=chunks(), headers={**h, "content-type": "application/json"})
+        r = c.post(
+            "/v1/api-keys", content=chunks(), headers={**h, "content-type": "application/json"}
+        )
         assert r.status_code == 413 and r.headers["content-type"] == "application/problem+json"
         ok = c.post("/v1/api-keys", json={"name": "fits", "role": "reader"}, headers=h)
         assert ok.status_code == 201
@@ -95,7 +104,9 @@ def test_logs_are_json_and_never_hold_keys(client, tenants, capfd):
     logger.addHandler(cap)
     try:
         client.get("/v1/me", headers=tenants.a.headers())
-        client.post("/v1/api-keys", json={"name": "x", "role": "reader"}, headers=tenants.a.headers())
+        client.post(
+            "/v1/api-keys", json={"name": "x", "role": "reader"}, headers=tenants.a.headers()
+        )
         client.get("/v1/me", headers={"Authorization": "Bearer bmk_wrong"})
     finally:
         logger.removeHandler(cap)

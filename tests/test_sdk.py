@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+import blindmap
 import httpx
 import pytest
-
-import blindmap
 from blindmap import protocol
 
 
 def test_public_surface_is_explicit():
     assert set(blindmap.__all__) == {
-        "Client", "__version__", "BlindmapError", "APIError", "APIConnectionError",
-        "APITimeoutError", "APIStatusError", "AuthenticationError", "PermissionDeniedError",
-        "NotFoundError", "ConflictError", "PayloadTooLargeError", "ValidationError",
-        "RateLimitError", "InternalServerError",
+        "Client",
+        "__version__",
+        "BlindmapError",
+        "APIError",
+        "APIConnectionError",
+        "APITimeoutError",
+        "APIStatusError",
+        "AuthenticationError",
+        "PermissionDeniedError",
+        "NotFoundError",
+        "ConflictError",
+        "PayloadTooLargeError",
+        "ValidationError",
+        "RateLimitError",
+        "InternalServerError",
     }
     for name in blindmap.__all__:
         assert getattr(blindmap, name) is not None
@@ -71,15 +81,25 @@ class _NoSleep(blindmap.Client):
 
 
 def _client(handler, **kw):
-    c = _NoSleep("bmk_test", base_url="http://escrow", http_client=httpx.Client(transport=httpx.MockTransport(handler)), **kw)
+    c = _NoSleep(
+        "bmk_test",
+        base_url="http://escrow",
+        http_client=httpx.Client(transport=httpx.MockTransport(handler)),
+        **kw,
+    )
     c.slept = []
     return c
 
 
 ME = {
     "company": {"id": "00000000-0000-0000-0000-000000000001", "slug": "a", "display_name": "A"},
-    "api_key": {"id": "00000000-0000-0000-0000-000000000002", "name": "k", "role": "admin",
-                "prefix": "bmk_x", "created_at": "2026-01-01T00:00:00Z"},
+    "api_key": {
+        "id": "00000000-0000-0000-0000-000000000002",
+        "name": "k",
+        "role": "admin",
+        "prefix": "bmk_x",
+        "created_at": "2026-01-01T00:00:00Z",
+    },
 }
 
 
@@ -110,8 +130,12 @@ def test_gives_up_with_api_connection_error():
 
 def test_honours_retry_after_on_429_and_503():
     answers = [
-        httpx.Response(429, headers={"Retry-After": "7"}, json={"title": "Too many requests", "status": 429}),
-        httpx.Response(503, headers={"Retry-After": "2"}, json={"title": "Unavailable", "status": 503}),
+        httpx.Response(
+            429, headers={"Retry-After": "7"}, json={"title": "Too many requests", "status": 429}
+        ),
+        httpx.Response(
+            503, headers={"Retry-After": "2"}, json={"title": "Unavailable", "status": 503}
+        ),
         httpx.Response(200, json=ME),
     ]
     c = _client(lambda request: answers.pop(0))
@@ -120,9 +144,14 @@ def test_honours_retry_after_on_429_and_503():
 
 
 def test_rate_limit_error_after_retries():
-    c = _client(lambda r: httpx.Response(429, headers={"Retry-After": "1", "X-Request-ID": "abc"},
-                                         json={"title": "Too many requests", "status": 429, "detail": "slow down"}),
-                max_retries=1)
+    c = _client(
+        lambda r: httpx.Response(
+            429,
+            headers={"Retry-After": "1", "X-Request-ID": "abc"},
+            json={"title": "Too many requests", "status": 429, "detail": "slow down"},
+        ),
+        max_retries=1,
+    )
     with pytest.raises(blindmap.RateLimitError) as exc:
         c.me()
     assert exc.value.request_id == "abc" and exc.value.detail == "slow down"

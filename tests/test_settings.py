@@ -10,7 +10,12 @@ from service.config import DEFAULT_DATABASE_URL, Settings
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch, tmp_path):
-    for var in ("BLINDMAP_ENV", "BLINDMAP_SECRET_KEY", "BLINDMAP_DATABASE_URL", "BLINDMAP_MAX_BODY_BYTES"):
+    for var in (
+        "BLINDMAP_ENV",
+        "BLINDMAP_SECRET_KEY",
+        "BLINDMAP_DATABASE_URL",
+        "BLINDMAP_MAX_BODY_BYTES",
+    ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.chdir(tmp_path)  # no stray .env
 
@@ -39,7 +44,9 @@ def test_env_prefix_and_url_normalisation(monkeypatch):
     assert s.database_url == "postgresql+psycopg://u@db/x" and s.max_body_bytes == 1024
 
 
-@pytest.mark.parametrize("bad", [{"database_url": "mysql://x"}, {"max_body_bytes": 0}, {"nonsense": 1}])
+@pytest.mark.parametrize(
+    "bad", [{"database_url": "mysql://x"}, {"max_body_bytes": 0}, {"nonsense": 1}]
+)
 def test_invalid_values_are_rejected(bad):
     with pytest.raises(ValidationError):
         Settings(**bad)

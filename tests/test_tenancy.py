@@ -10,13 +10,32 @@ from __future__ import annotations
 import json
 import re
 
-# path parameter -> function(tenants) giving the id of one of company A's objects
+import pytest
+
+from tests.conftest import make_tenant, partner_up
+
+# path parameter -> function(world) giving the id of one of company A's objects that
+# company B has no part in
 ID_OF_A = {
-    "key_id": lambda t: t.a.key_ids["reader"],
+    "key_id": lambda w: w["tenants"].a.key_ids["reader"],
+    "partnership_id": lambda w: w["partnership_a_c"],
+    "slug": lambda w: "a-only",
 }
 SAMPLE_BODIES = {
     ("POST", "/v1/api-keys"): {"name": "probe", "role": "reader"},
+    ("PUT", "/v1/partnerships/{partnership_id}/policy"): {"default": "full"},
+    ("PATCH", "/v1/populations/{slug}"): {"display_name": "hijacked"},
 }
+
+
+@pytest.fixture
+def world(app, client, tenants):
+    """A and B, plus a partnership of A with a third company C and a population only A has."""
+    c = make_tenant(app, "initech", "Initech")
+    pid = partner_up(client, tenants.a, c)
+    r = client.post("/v1/populations", json={"slug": "a-only", "kind": "customers"}, headers=tenants.a.headers())
+    assert r.status_code == 201
+    return {"tenants": tenants, "partnership_a_c": pid, "c": c}
 
 
 def _routes(app):
@@ -36,14 +55,16 @@ def test_every_route_is_walked(app):
     assert not missing, f"add these path parameters to ID_OF_A: {missing}"
 
 
-def test_other_companies_objects_are_404(app, client, tenants):
+def test_other_companies_objects_are_404(app, client, tenants, world):
     checked = 0
     for method, path in _routes(app):
         if not _params(path):
             continue
-        url = path.format(**{p: ID_OF_A[p](tenants) for p in _params(path)})
+        url = path.format(**{p: ID_OF_A[p](world) for p in _params(path)})
         for role in ("admin", "uploader", "reader"):
-            r = client.request(method, url, headers=tenants.b.headers(role), json=SAMPLE_BODIES.get((method, path)))
+            r = client.request(
+                method, url, headers=tenants.b.headers(role), json=SAMPLE_BODIES.get((method, path))
+            )
             # A weaker role may be refused for its role first (403 says nothing about A).
             assert r.status_code in (404, 403), (method, url, role, r.status_code, r.text)
             if role == "admin":
@@ -53,10 +74,17 @@ def test_other_companies_objects_are_404(app, client, tenants):
     assert checked >= 1
     # nothing of A's was changed by B's attempts
     assert client.get("/v1/me", headers=tenants.a.headers("reader")).status_code == 200
+    pop = client.get("/v1/populations/a-only", headers=tenants.a.headers()).json()
+    assert pop["display_name"] != "hijacked"
+    p = client.get(f"/v1/partnerships/{world['partnership_a_c']}", headers=tenants.a.headers()).json()
+    assert p["status"] == "active"
+    policy = client.get(f"/v1/partnerships/{world['partnership_a_c']}/policy", headers=tenants.a.headers()).json()
+    assert policy["version"] == 1
 
 
-def test_listings_hold_no_foreign_data(app, client, tenants):
+def test_listings_hold_no_foreign_data(app, client, tenants, world):
     a_markers = [str(tenants.a.id), tenants.a.slug, *(str(i) for i in tenants.a.key_ids.values())]
+    a_markers += [world["partnership_a_c"], "a-only", "initech"]
     a_markers += [k[:12] for k in tenants.a.keys.values()]
     for method, path in _routes(app):
         if method != "GET" or _params(path):

@@ -5,14 +5,18 @@ from __future__ import annotations
 import os
 import random
 import time
+import uuid
 from collections.abc import Mapping
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import httpx
 
 from blindmap import protocol
 from blindmap._errors import APIConnectionError, APITimeoutError, BlindmapError, from_response
+
+if TYPE_CHECKING:
+    from blindmap.policy import Policy
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 DEFAULT_TIMEOUT = 30.0
@@ -161,3 +165,124 @@ class Client:
         return protocol.ApiKey.model_validate(
             self.request("DELETE", f"/v1/api-keys/{key_id}").json()
         )
+
+    # -- keys and populations ----------------------------------------------------------
+    def register_public_key(self, public_key: bytes | str) -> protocol.CompanyKey:
+        """Register my company's X25519 public key (raw 32 bytes or base64url text)."""
+        if isinstance(public_key, bytes):
+            from blindmap.crypto import encode_public_key
+
+            public_key = encode_public_key(public_key)
+        body = protocol.PublicKeyRegister(public_key=public_key).model_dump()
+        return protocol.CompanyKey.model_validate(
+            self.request("PUT", "/v1/me/public-key", json=body).json()
+        )
+
+    def list_populations(self) -> list[protocol.Population]:
+        page = protocol.PopulationList.model_validate(self.request("GET", "/v1/populations").json())
+        return page.items
+
+    def create_population(
+        self, slug: str, *, kind: protocol.PopulationKind | str, display_name: str | None = None
+    ) -> protocol.Population:
+        body = protocol.PopulationCreate(
+            slug=slug, kind=protocol.PopulationKind(kind), display_name=display_name
+        ).model_dump(mode="json", exclude_none=True)
+        return protocol.Population.model_validate(
+            self.request("POST", "/v1/populations", json=body).json()
+        )
+
+    def update_population(
+        self,
+        slug: str,
+        *,
+        kind: protocol.PopulationKind | str | None = None,
+        display_name: str | None = None,
+    ) -> protocol.Population:
+        body = protocol.PopulationUpdate(
+            kind=protocol.PopulationKind(kind) if kind else None, display_name=display_name
+        ).model_dump(mode="json", exclude_none=True)
+        return protocol.Population.model_validate(
+            self.request("PATCH", f"/v1/populations/{slug}", json=body).json()
+        )
+
+    def delete_population(self, slug: str) -> None:
+        """Delete a population and its uploads in every partnership."""
+        self.request("DELETE", f"/v1/populations/{slug}")
+
+    # -- partnerships --------------------------------------------------------------------
+    def invite_partner(self, partner_slug: str) -> protocol.Partnership:
+        body = protocol.PartnershipCreate(partner=partner_slug).model_dump()
+        return protocol.Partnership.model_validate(
+            self.request("POST", "/v1/partnerships", json=body).json()
+        )
+
+    def list_partnerships(
+        self, *, status: protocol.PartnershipStatus | str | None = None
+    ) -> list[protocol.Partnership]:
+        params = {"status": protocol.PartnershipStatus(status).value} if status else None
+        page = protocol.PartnershipList.model_validate(
+            self.request("GET", "/v1/partnerships", params=params).json()
+        )
+        return page.items
+
+    def get_partnership(self, partnership_id: str | uuid.UUID) -> protocol.Partnership:
+        return protocol.Partnership.model_validate(
+            self.request("GET", f"/v1/partnerships/{partnership_id}").json()
+        )
+
+    def accept_partnership(self, partnership_id: str | uuid.UUID) -> protocol.Partnership:
+        return protocol.Partnership.model_validate(
+            self.request("POST", f"/v1/partnerships/{partnership_id}/accept").json()
+        )
+
+    def end_partnership(self, partnership_id: str | uuid.UUID) -> protocol.DeletionReceipt:
+        """End a partnership; the escrow deletes all its data and returns a receipt."""
+        return protocol.DeletionReceipt.model_validate(
+            self.request("POST", f"/v1/partnerships/{partnership_id}/end").json()
+        )
+
+    # -- policies ------------------------------------------------------------------------
+    def get_policy(self, partnership_id: str | uuid.UUID) -> protocol.PolicyVersion:
+        """My current policy toward this partner."""
+        return protocol.PolicyVersion.model_validate(
+            self.request("GET", f"/v1/partnerships/{partnership_id}/policy").json()
+        )
+
+    def put_policy(
+        self, partnership_id: str | uuid.UUID, policy: Policy | Mapping[str, Any]
+    ) -> protocol.PolicyVersion:
+        """Apply a policy (validated locally first); stored as a new version."""
+        from blindmap.policy import Policy
+
+        doc = policy if isinstance(policy, Policy) else Policy.model_validate(policy)
+        return protocol.PolicyVersion.model_validate(
+            self.request(
+                "PUT",
+                f"/v1/partnerships/{partnership_id}/policy",
+                json=doc.model_dump(mode="json"),
+            ).json()
+        )
+
+    def get_partner_policy(self, partnership_id: str | uuid.UUID) -> protocol.PartnerPolicy:
+        """What my partner shares with me (the populations I may see, levels, fields)."""
+        return protocol.PartnerPolicy.model_validate(
+            self.request("GET", f"/v1/partnerships/{partnership_id}/partner-policy").json()
+        )
+
+    # -- audit ---------------------------------------------------------------------------
+    def audit_events(self, *, limit: int | None = None) -> list[protocol.AuditEvent]:
+        """My company's audit trail, newest first (all pages, or the first `limit`)."""
+        out: list[protocol.AuditEvent] = []
+        cursor: str | None = None
+        while True:
+            params: dict[str, Any] = {"limit": 1000 if limit is None else min(limit, 1000)}
+            if cursor:
+                params["cursor"] = cursor
+            page = protocol.AuditPage.model_validate(
+                self.request("GET", "/v1/audit", params=params).json()
+            )
+            out.extend(page.items)
+            if not page.next_cursor or (limit is not None and len(out) >= limit):
+                return out[:limit] if limit is not None else out
+            cursor = page.next_cursor

@@ -11,6 +11,7 @@ import contextlib
 import functools
 import json
 import sys
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn, ParamSpec, TypeVar
@@ -244,14 +245,14 @@ def _key_file_errors() -> Iterator[None]:
 
 def _show_key_info(state: State, title: str, info: Any) -> None:
     state.console.print(title, style="bold", highlight=False)
-    state.console.print(f"  key file:    {info.path}", highlight=False)
+    state.console.print(f"  key file:    {info.path}", highlight=False, soft_wrap=True)
     if info.mode is not None:
         state.console.print(f"  mode:        {info.mode:04o} (ok: readable by you only)")
     state.console.print(f"  encrypted:   {'yes' if info.encrypted else 'no'}")
     state.console.print(f"  fingerprint: {info.fingerprint}", highlight=False)
     state.console.print(f"  public key:  {info.public_key_text}", highlight=False)
     if info.backup is not None:
-        state.console.print(f"  previous key kept as {info.backup}", highlight=False)
+        state.console.print(f"  previous key kept as {info.backup}", highlight=False, soft_wrap=True)
 
 
 @main.command()
@@ -264,9 +265,14 @@ def _show_key_info(state: State, title: str, info: Any) -> None:
     "The passphrase is read from that variable or prompted, never from an argument.",
 )
 @click.option("--force", is_flag=True, help="Replace an existing key file (kept as a backup).")
+@click.option(
+    "--register", is_flag=True, help="Also register the public key with the escrow (admin key)."
+)
 @pass_state
 @handle_errors
-def init(state: State, key_file: Path | None, use_passphrase: bool | None, force: bool) -> None:
+def init(
+    state: State, key_file: Path | None, use_passphrase: bool | None, force: bool, register: bool
+) -> None:
     """Create your company's X25519 key pair in a 0600 key file.
 
     Prints the public key and its fingerprint; the private key never leaves the file.
@@ -281,9 +287,16 @@ def init(state: State, key_file: Path | None, use_passphrase: bool | None, force
         passphrase = None
     with _key_file_errors():
         info = keyfile.create_key_file(key_file, passphrase=passphrase, force=force)
-    # Seam for `init --register` (later issue): upload `info.public_key` with
-    # `state.client()` here; the escrow bumps key_epoch. Nothing is sent today.
-    state.emit(info.as_dict(), lambda: _show_key_info(state, "Created your key pair.", info))
+    data = info.as_dict()
+    if register:
+        registered = _register(state, info.public_key)
+        data["key_epoch"] = registered.key_epoch
+    state.emit(data, lambda: _show_key_info(state, "Created your key pair.", info))
+    if register and not state.as_json:
+        state.console.print(
+            f"  registered with the escrow as {registered.slug}'s key "
+            f"(epoch {registered.key_epoch})"
+        )
 
 
 @main.group()
@@ -302,6 +315,433 @@ def key_show(state: State, key_file: Path | None) -> None:
     with _key_file_errors():
         info = keyfile.inspect_key_file(key_file, passphrase=_ask_passphrase(confirm=False))
     state.emit(info.as_dict(), lambda: _show_key_info(state, "Your key pair.", info))
+
+
+def _register(state: State, public_key: bytes) -> protocol.CompanyKey:
+    with state.client() as client:
+        return client.register_public_key(public_key)
+
+
+@key.command("register")
+@_key_file_option
+@pass_state
+@handle_errors
+def key_register(state: State, key_file: Path | None) -> None:
+    """Register the key file's public key with the escrow (a new key bumps key_epoch).
+
+    After a rotation every partnership needs a re-sync: tokens are derived from both keys.
+    """
+    from blindmap import keyfile
+
+    with _key_file_errors():
+        info = keyfile.inspect_key_file(key_file, passphrase=_ask_passphrase(confirm=False))
+    registered = _register(state, info.public_key)
+    state.emit(
+        registered,
+        lambda: state.console.print(
+            f"Registered {info.fingerprint} as {registered.slug}'s key "
+            f"(epoch {registered.key_epoch}).",
+            highlight=False,
+        ),
+    )
+
+
+# -- populations -----------------------------------------------------------------------------
+@main.group()
+def populations() -> None:
+    """Your company's populations (named lists: customers, opportunities, ...)."""
+
+
+@populations.command("list")
+@pass_state
+@handle_errors
+def populations_list(state: State) -> None:
+    """List my populations."""
+    with state.client() as client:
+        items = client.list_populations()
+
+    def human() -> None:
+        table = Table("slug", "name", "kind", "created")
+        for p in items:
+            table.add_row(p.slug, p.display_name, p.kind.value, f"{p.created_at:%Y-%m-%d}")
+        state.console.print(table)
+
+    state.emit(items, human)
+
+
+@populations.command("create")
+@click.argument("slug")
+@click.option(
+    "--kind", type=click.Choice([k.value for k in protocol.PopulationKind]), required=True
+)
+@click.option("--name", "display_name", help="Display name (default: from the slug).")
+@pass_state
+@handle_errors
+def populations_create(state: State, slug: str, kind: str, display_name: str | None) -> None:
+    """Create a population."""
+    with state.client() as client:
+        pop = client.create_population(slug, kind=kind, display_name=display_name)
+    state.emit(
+        pop, lambda: state.console.print(f"Created population '{pop.slug}' ({pop.kind.value}).")
+    )
+
+
+@populations.command("delete")
+@click.argument("slug")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_state
+@handle_errors
+def populations_delete(state: State, slug: str, yes: bool) -> None:
+    """Delete a population and its uploads in every partnership."""
+    if not yes:
+        click.confirm(
+            f"Delete population '{slug}' and its uploads in every partnership?", abort=True
+        )
+    with state.client() as client:
+        client.delete_population(slug)
+    state.emit({"deleted": slug}, lambda: state.console.print(f"Deleted population '{slug}'."))
+
+
+# -- partnerships ----------------------------------------------------------------------------
+@main.group()
+def partners() -> None:
+    """Partnerships: invite, accept, show (with the safety code), verify, end."""
+
+
+def _resolve(client: Client, ref: str) -> protocol.Partnership:
+    """A partnership by id, or by the partner's slug among my live partnerships."""
+    try:
+        uuid.UUID(ref)
+    except ValueError:
+        live = [
+            p
+            for p in client.list_partnerships()
+            if p.partner.slug == ref and p.status is not protocol.PartnershipStatus.ended
+        ]
+        if not live:
+            fail(f"no live partnership with '{ref}' (see `blindmap partners list`)", EXIT_NOT_FOUND)
+        return live[0]
+    return client.get_partnership(ref)
+
+
+def _my_public_key(key_file: Path | None) -> bytes | None:
+    from blindmap import keyfile
+
+    try:
+        return keyfile.inspect_key_file(
+            key_file, passphrase=_ask_passphrase(confirm=False)
+        ).public_key
+    except keyfile.KeyFileNotFoundError:
+        return None
+
+
+def _safety(p: protocol.Partnership, key_file: Path | None) -> tuple[str | None, str]:
+    """(safety code, note). The code uses MY key from my key file, never the escrow's
+    copy of it: that is what exposes a substituted key."""
+    from blindmap import crypto
+
+    if p.partner.public_key is None:
+        return None, f"{p.partner.slug} has not registered a public key yet"
+    mine = _my_public_key(key_file)
+    if mine is None:
+        return None, "no local key file: run `blindmap init --register`"
+    if p.me.public_key and crypto.decode_public_key(p.me.public_key) != mine:
+        return (
+            None,
+            "your key file differs from the key the escrow holds for you: "
+            "run `blindmap key register`",
+        )
+    return crypto.safety_code(p.id, mine, crypto.decode_public_key(p.partner.public_key)), ""
+
+
+def _show_partnership(
+    state: State, p: protocol.Partnership, key_file: Path | None
+) -> dict[str, Any]:
+    from blindmap import _trust
+
+    code, note = _safety(p, key_file)
+    trust = _trust.status(str(p.id), p.partner.public_key, key_file)
+    data = {**p.model_dump(mode="json"), "safety_code": code, "verification": trust}
+    if state.as_json:
+        return data
+    c = state.console
+    c.print(
+        f"[bold]Partnership {p.id}[/] with [bold]{p.partner.display_name}[/] ({p.partner.slug})",
+        highlight=False,
+    )
+    c.print(f"  status: {p.status.value} (you are the {p.my_role})")
+    if p.needs_resync:
+        c.print("  [yellow]a key was rotated since acceptance: both sides must re-sync[/]")
+    if code:
+        c.print(f"  safety code: [bold]{code}[/]")
+        if trust == "verified":
+            c.print("  [green]verified[/]: matches the code you compared with your partner")
+        elif trust == "changed":
+            c.print(
+                "  [bold red]WARNING: your partner's key changed since you verified it.[/] "
+                "Compare the new code out of band before syncing."
+            )
+        else:
+            c.print(
+                "  Compare this code with your partner by phone or in person; if it matches, run "
+                f"`blindmap partners verify {p.id} '<code>'`."
+            )
+    else:
+        c.print(f"  safety code: not yet available ({note})")
+    return data
+
+
+@partners.command("invite")
+@click.argument("partner_slug")
+@_key_file_option
+@pass_state
+@handle_errors
+def partners_invite(state: State, partner_slug: str, key_file: Path | None) -> None:
+    """Invite a company (by slug) to a partnership."""
+    with state.client() as client:
+        p = client.invite_partner(partner_slug)
+    data = _show_partnership(state, p, key_file)
+    state.emit(
+        data, lambda: state.console.print(f"Invitation sent; {partner_slug} must accept it.")
+    )
+
+
+@partners.command("accept")
+@click.argument("partnership")
+@_key_file_option
+@pass_state
+@handle_errors
+def partners_accept(state: State, partnership: str, key_file: Path | None) -> None:
+    """Accept an invitation (by id or inviter slug)."""
+    with state.client() as client:
+        p = client.accept_partnership(_resolve(client, partnership).id)
+    data = _show_partnership(state, p, key_file)
+    state.emit(data, lambda: state.console.print("Accepted."))
+
+
+@partners.command("list")
+@click.option("--status", type=click.Choice([s.value for s in protocol.PartnershipStatus]))
+@pass_state
+@handle_errors
+def partners_list(state: State, status: str | None) -> None:
+    """List my partnerships."""
+    with state.client() as client:
+        items = client.list_partnerships(status=status)
+
+    def human() -> None:
+        table = Table("id", "partner", "status", "role", "since", "re-sync")
+        for p in items:
+            table.add_row(
+                str(p.id),
+                p.partner.slug,
+                p.status.value,
+                p.my_role,
+                f"{(p.accepted_at or p.created_at):%Y-%m-%d}",
+                "yes" if p.needs_resync else "",
+            )
+        state.console.print(table)
+
+    state.emit(items, human)
+
+
+@partners.command("show")
+@click.argument("partnership")
+@_key_file_option
+@pass_state
+@handle_errors
+def partners_show(state: State, partnership: str, key_file: Path | None) -> None:
+    """Show a partnership with its safety code (by id or partner slug)."""
+    with state.client() as client:
+        p = _resolve(client, partnership)
+    data = _show_partnership(state, p, key_file)
+    state.emit(data, lambda: None)
+
+
+@partners.command("verify")
+@click.argument("partnership")
+@click.argument("code")
+@_key_file_option
+@pass_state
+@handle_errors
+def partners_verify(state: State, partnership: str, code: str, key_file: Path | None) -> None:
+    """Record that CODE, read to you by your partner, equals your safety code."""
+    from blindmap import _trust, crypto
+
+    with state.client() as client:
+        p = _resolve(client, partnership)
+    mine, note = _safety(p, key_file)
+    if mine is None:
+        fail(f"cannot compute the safety code: {note}", EXIT_REJECTED)
+    if not crypto.safety_codes_equal(mine, code):
+        fail(
+            "the codes differ: a key may have been substituted. Do not sync with this "
+            "partnership; contact your partner and the escrow operator.",
+            EXIT_REJECTED,
+        )
+    assert p.partner.public_key and p.me.public_key
+    entry = _trust.record(
+        str(p.id),
+        partner=p.partner.slug,
+        partner_key=p.partner.public_key,
+        my_key=p.me.public_key,
+        key_file=key_file,
+    )
+    state.emit(
+        entry,
+        lambda: state.console.print(f"[green]Verified[/] the partnership with {p.partner.slug}."),
+    )
+
+
+@partners.command("end")
+@click.argument("partnership")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_state
+@handle_errors
+def partners_end(state: State, partnership: str, yes: bool) -> None:
+    """End a partnership: the escrow deletes all of its data and returns a receipt."""
+    with state.client() as client:
+        p = _resolve(client, partnership)
+        if not yes:
+            click.confirm(
+                f"End the partnership with {p.partner.slug} and delete all its data?", abort=True
+            )
+        receipt = client.end_partnership(p.id)
+
+    def human() -> None:
+        state.console.print(
+            f"Ended the partnership with {p.partner.slug} "
+            f"at {receipt.ended_at:%Y-%m-%d %H:%M:%S} UTC."
+        )
+        for table, n in sorted(receipt.deleted.items()):
+            state.console.print(f"  deleted {n} {table}")
+
+    state.emit(receipt, human)
+
+
+# -- policies --------------------------------------------------------------------------------
+@main.group()
+def policy() -> None:
+    """What you share with a partner (see policies/README.md)."""
+
+
+@policy.command("show")
+@click.argument("partnership")
+@click.option(
+    "--partner", "partner_side", is_flag=True, help="Show what the partner shares with me."
+)
+@pass_state
+@handle_errors
+def policy_show(state: State, partnership: str, partner_side: bool) -> None:
+    """Show my current policy toward a partner (or, with --partner, theirs toward me)."""
+    from blindmap.policy import Policy
+
+    with state.client() as client:
+        p = _resolve(client, partnership)
+        if partner_side:
+            view = client.get_partner_policy(p.id)
+
+            def human() -> None:
+                state.console.print(f"{p.partner.slug} shares with you (policy v{view.version}):")
+                table = Table("population", "kind", "share", "fields")
+                for sp in view.populations:
+                    table.add_row(sp.slug, sp.kind.value, sp.share, ", ".join(sp.fields))
+                state.console.print(table)
+                state.console.print(
+                    f"min_count {view.min_count} · min_population {view.min_population} · "
+                    f"reciprocal {str(view.reciprocal).lower()} · "
+                    f"match_on {', '.join(view.match_on)}"
+                )
+
+            state.emit(view, human)
+            return
+        mine = client.get_policy(p.id)
+    state.emit(
+        mine,
+        lambda: (
+            state.console.print(
+                f"# policy v{mine.version} toward {p.partner.slug}", highlight=False
+            ),
+            click.echo(Policy.model_validate(mine.document).to_yaml()),
+        ),
+    )
+
+
+def _load_policy_file(path: Path) -> Any:
+    from blindmap.policy import Policy
+
+    try:
+        return Policy.from_yaml(path)
+    except (ValueError, OSError) as exc:
+        fail(f"{path}: {exc}", EXIT_USAGE)
+
+
+@policy.command("diff")
+@click.argument("partnership")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@pass_state
+@handle_errors
+def policy_diff(state: State, partnership: str, file: Path) -> None:
+    """Show how FILE differs from my current policy toward a partner."""
+    import difflib
+
+    from blindmap.policy import Policy
+
+    new = _load_policy_file(file)
+    with state.client() as client:
+        p = _resolve(client, partnership)
+        cur = client.get_policy(p.id)
+    old_text = Policy.model_validate(cur.document).to_yaml().splitlines(keepends=True)
+    new_text = new.to_yaml().splitlines(keepends=True)
+    diff = list(difflib.unified_diff(old_text, new_text, f"current (v{cur.version})", str(file)))
+    state.emit(
+        {"changed": bool(diff), "diff": "".join(diff)},
+        lambda: click.echo("".join(diff) if diff else "no change"),
+    )
+
+
+@policy.command("apply")
+@click.argument("partnership")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@pass_state
+@handle_errors
+def policy_apply(state: State, partnership: str, file: Path) -> None:
+    """Validate FILE locally, then apply it as my next policy version toward a partner."""
+    new = _load_policy_file(file)
+    for warning in new.warnings():
+        err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    with state.client() as client:
+        p = _resolve(client, partnership)
+        version = client.put_policy(p.id, new)
+    state.emit(
+        version,
+        lambda: state.console.print(
+            f"Applied {file} as policy v{version.version} toward {p.partner.slug}.", highlight=False
+        ),
+    )
+
+
+# -- audit -----------------------------------------------------------------------------------
+@main.command()
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100000))
+@pass_state
+@handle_errors
+def audit(state: State, limit: int) -> None:
+    """My company's audit trail (who changed what, when), newest first."""
+    with state.client() as client:
+        events = client.audit_events(limit=limit)
+
+    def human() -> None:
+        table = Table("when", "action", "target", "by key")
+        for e in events:
+            table.add_row(
+                f"{e.created_at:%Y-%m-%d %H:%M:%S}",
+                e.action,
+                f"{e.target_type} {e.target_id or ''}",
+                (e.actor_key_prefix or "operator") + "…",
+            )
+        state.console.print(table)
+
+    state.emit(events, human)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -76,3 +76,141 @@ class ApiKeyPage(_Response):
 class Me(_Response):
     company: Company
     api_key: ApiKey
+
+
+class PublicKeyRegister(_Request):
+    public_key: str = Field(description="X25519 public key, 43 characters of base64url")
+
+
+class CompanyKey(_Response):
+    """A company's registered public key (absent until `blindmap init --register`)."""
+
+    slug: str
+    display_name: str
+    public_key: str | None = None
+    key_epoch: int = 0
+
+
+class PopulationKind(StrEnum):
+    customers = "customers"
+    opportunities = "opportunities"
+    prospects = "prospects"
+    partners = "partners"
+    other = "other"
+
+
+class PopulationCreate(_Request):
+    slug: Slug
+    display_name: DisplayName | None = None
+    kind: PopulationKind
+
+
+class PopulationUpdate(_Request):
+    display_name: DisplayName | None = None
+    kind: PopulationKind | None = None
+
+
+class Population(_Response):
+    id: uuid.UUID
+    slug: str
+    display_name: str
+    kind: PopulationKind
+    created_at: datetime
+
+
+class PopulationList(_Response):
+    items: list[Population]
+
+
+class PartnershipStatus(StrEnum):
+    pending = "pending"
+    active = "active"
+    ended = "ended"
+
+
+class PartnershipCreate(_Request):
+    partner: Slug = Field(description="Slug of the company to invite")
+
+
+class Party(CompanyKey):
+    """One side of a partnership, as both sides see it."""
+
+    epoch_at_acceptance: int | None = None
+    key_changed: bool = Field(
+        False,
+        description="The key was rotated since acceptance: tokens derived from the old "
+        "key no longer match, so both sides' uploads need a re-sync",
+    )
+
+
+class Partnership(_Response):
+    id: uuid.UUID
+    status: PartnershipStatus
+    my_role: str = Field(description="inviter or invitee")
+    me: Party
+    partner: Party
+    needs_resync: bool = False
+    created_at: datetime
+    accepted_at: datetime | None = None
+    ended_at: datetime | None = None
+
+
+class PartnershipList(_Response):
+    items: list[Partnership]
+
+
+class DeletionReceipt(_Response):
+    partnership_id: uuid.UUID
+    ended_at: datetime
+    deleted: dict[str, int] = Field(description="Rows deleted per table")
+
+
+class AuditEvent(_Response):
+    id: uuid.UUID
+    action: str
+    target_type: str
+    target_id: str | None = None
+    partnership_id: uuid.UUID | None = None
+    actor_key_prefix: str | None = None
+    details: dict[str, object] = Field(default_factory=dict)
+    created_at: datetime
+
+
+class AuditPage(_Response):
+    items: list[AuditEvent]
+    next_cursor: str | None = None
+
+
+class PolicyVersion(_Response):
+    """One immutable version of the policy `owner` applies to this partnership.
+
+    `document` is a `blindmap.policy.Policy` as JSON (kept untyped here so the wire
+    models do not depend on the policy module)."""
+
+    partnership_id: uuid.UUID
+    owner: str
+    version: int
+    document: dict[str, Any]
+    created_at: datetime
+
+
+class SharedPopulation(_Response):
+    slug: str
+    display_name: str
+    kind: PopulationKind
+    share: str = Field(description="count, overlap or full")
+    fields: list[str] = Field(default_factory=list)
+
+
+class PartnerPolicy(_Response):
+    """What my partner shares with me under its current policy (transparency): only the
+    populations I may see; hidden ones are not even named."""
+
+    partnership_id: uuid.UUID
+    owner: str
+    version: int
+    populations: list[SharedPopulation]
+    min_count: int
+    min_population: int
+    reciprocal: bool
+    match_on: list[str]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from blindmap import protocol
 from fastapi import APIRouter, Query, Request, status
 
+from blindmap import protocol
 from service.api_key import service
 from service.auth import AdminKey
 from service.db import SessionDep
@@ -54,5 +54,5 @@ def list_api_keys(
 @router.delete("/{key_id}", response_model=protocol.ApiKey)
 def revoke_api_key(key_id: uuid.UUID, session: SessionDep, caller: AdminKey) -> protocol.ApiKey:
     """Revoke a key; it is refused from its next request on."""
-    key = service.revoke(session, caller.company_id, key_id)
+    key = service.revoke(session, caller.key, key_id)
     return protocol.ApiKey.model_validate(key, from_attributes=True)

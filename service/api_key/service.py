@@ -5,10 +5,11 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
-from blindmap.protocol import Role
 from sqlalchemy.orm import Session
 
+from blindmap.protocol import Role
 from service import auth, errors
+from service.audit import service as audit
 from service.models import ApiKey, utcnow
 from service.repository import TenantRepository
 
@@ -44,6 +45,15 @@ def issue(
         created_at=utcnow(),
     )
     ApiKeyRepository(session, company_id).add(key)
+    audit.record_raw(
+        session,
+        company_id,
+        created_by,
+        "api_key.create",
+        "api_key",
+        key.id,
+        details={"role": role.value, "prefix": key.prefix},
+    )
     return key, plaintext
 
 
@@ -62,10 +72,19 @@ def list_keys(
     return repo.page(stmt, cursor=cursor, limit=limit)
 
 
-def revoke(session: Session, company_id: uuid.UUID, key_id: uuid.UUID) -> ApiKey:
-    """Revoke a key of the company; takes effect on its next request. Idempotent."""
-    key = ApiKeyRepository(session, company_id).get(key_id, for_update=True)
+def revoke(session: Session, caller: ApiKey, key_id: uuid.UUID) -> ApiKey:
+    """Revoke a key of the caller's company; takes effect on its next request. Idempotent."""
+    key = ApiKeyRepository(session, caller.company_id).get(key_id, for_update=True)
     if key.revoked_at is None:
         key.revoked_at = utcnow()
         session.flush()
+        audit.record_raw(
+            session,
+            caller.company_id,
+            caller,
+            "api_key.revoke",
+            "api_key",
+            key.id,
+            details={"prefix": key.prefix},
+        )
     return key

@@ -13,7 +13,12 @@ def test_demo_runs_end_to_end(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("BLINDMAP_")}
     proc = subprocess.run(
         [str(bin_dir / "blindmap-server"), "demo", "--workdir", str(tmp_path / "demo")],
-        capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=tmp_path,
+        check=False,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Demo complete" in proc.stdout
