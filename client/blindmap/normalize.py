@@ -189,9 +189,13 @@ _SPECIAL_USE_TLDS: Final = frozenset(
 
 # --- domain key: host extraction ------------------------------------------------------------
 
-# Plain `[scheme://][user@]host[.][/]` cells skip the general parser (same result, tested).
+# Plain ASCII `[http[s]://][user@]host[.][:port][/path][?query|#fragment]` cells skip the
+# general parser; tests check both paths agree. No wrapping punctuation, separators or `\`.
 _FAST_PATH: Final = re.compile(
-    r"(?:https?://)?(?:[A-Za-z0-9._%+-]+@)?([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)\.?/?", re.ASCII
+    r"(?:[Hh][Tt][Tt][Pp][Ss]?://)?(?:[A-Za-z0-9._%+-]+@)?"
+    r"([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)\.?(?::[0-9]*)?"
+    r"(/[^?#\s,;|\\<>()\"'`]*)?([?#][^\s,;|\\<>()\"'`]*)?",
+    re.ASCII,
 )
 _VALUE_SEPARATORS: Final = re.compile(r"[,;|\s]+")
 _WRAPPING_LEAD: Final = "<(\"'`"
@@ -361,9 +365,17 @@ def domain_with_reason(value: str | None) -> Normalized:
     if not text:
         return _EMPTY
     fast = _FAST_PATH.fullmatch(text)
-    if fast is not None:
-        return _classify_host(fast.group(1).lower())
-    return _classify_cell(text)
+    if fast is None:
+        return _classify_cell(text)
+    host, path, tail = fast.groups()
+    host = host.lower()
+    result = _classify_host(host)
+    if path and result.value is not None:
+        if not tail:  # as in the general parser, which strips trailing punctuation first
+            path = path.rstrip(_WRAPPING_TRAIL)
+        if _PLATFORMS.matches_path(host, path):
+            return Normalized(None, "platform")
+    return result
 
 
 def _classify_cell(text: str) -> Normalized:
