@@ -286,3 +286,55 @@ class Client:
             if not page.next_cursor or (limit is not None and len(out) >= limit):
                 return out[:limit] if limit is not None else out
             cursor = page.next_cursor
+
+    # -- uploads -------------------------------------------------------------------------
+    def create_upload(
+        self, partnership_id: str | uuid.UUID, manifest: protocol.UploadCreate
+    ) -> protocol.Upload:
+        """Stage an upload; send its chunks, then commit it."""
+        return protocol.Upload.model_validate(
+            self.request(
+                "POST",
+                f"/v1/partnerships/{partnership_id}/uploads",
+                json=manifest.model_dump(mode="json"),
+            ).json()
+        )
+
+    def get_upload(self, upload_id: str | uuid.UUID) -> protocol.Upload:
+        """An upload's state, including which chunks the escrow already holds (resume)."""
+        return protocol.Upload.model_validate(
+            self.request("GET", f"/v1/uploads/{upload_id}").json()
+        )
+
+    def put_chunk(
+        self,
+        upload_id: str | uuid.UUID,
+        n: int,
+        body: bytes,
+        *,
+        content_type: str = protocol.NDJSON,
+    ) -> protocol.ChunkReceipt:
+        """Send chunk `n` (NDJSON records). Re-sending identical bytes is a no-op."""
+        return protocol.ChunkReceipt.model_validate(
+            self.request(
+                "PUT",
+                f"/v1/uploads/{upload_id}/chunks/{n}",
+                content=body,
+                headers={"Content-Type": content_type},
+            ).json()
+        )
+
+    def commit_upload(self, upload_id: str | uuid.UUID) -> protocol.Upload:
+        """Verify count and digest, replace the previous list atomically, start matching."""
+        return protocol.Upload.model_validate(
+            self.request("POST", f"/v1/uploads/{upload_id}/commit").json()
+        )
+
+    def abort_upload(self, upload_id: str | uuid.UUID) -> None:
+        self.request("DELETE", f"/v1/uploads/{upload_id}")
+
+    def sync_status(self, partnership_id: str | uuid.UUID) -> protocol.PartnershipSyncStatus:
+        """Per side and population: committed size, time, normalizer, stale keys, job."""
+        return protocol.PartnershipSyncStatus.model_validate(
+            self.request("GET", f"/v1/partnerships/{partnership_id}/status").json()
+        )

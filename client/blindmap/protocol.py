@@ -214,3 +214,106 @@ class PartnerPolicy(_Response):
     min_population: int
     reciprocal: bool
     match_on: list[str]
+
+
+# -- uploads (docs/protocol.md §8) -----------------------------------------------------------
+TOKEN_BYTES = 16
+MAX_TOKENS_PER_RECORD = 8
+MAX_REF_CHARS = 64
+NDJSON = "application/x-ndjson"
+Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+
+class TokenKind(StrEnum):
+    domain = "domain"
+    name = "name"
+
+
+class KeyEpochs(_Request):
+    """The key epochs the tokens were derived with; both must be current at upload."""
+
+    mine: int = Field(ge=0)
+    partner: int = Field(ge=0)
+
+
+class UploadCreate(_Request):
+    """Manifest of an upload: what is coming, so that commit can verify it all arrived."""
+
+    population: Slug
+    normalizer_version: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    token_kinds: list[TokenKind] = Field(min_length=1, max_length=2)
+    sealed_fields: list[Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]] = (
+        Field(default_factory=list, max_length=32, description="Partner-sealed field names")
+    )
+    key_epochs: KeyEpochs
+    record_count: int = Field(ge=0, description="Records in all chunks together")
+    chunk_count: int = Field(ge=0, description="Chunks numbered 0..chunk_count-1")
+    digest: Sha256Hex = Field(
+        description="SHA-256 over the concatenated SHA-256 digests of the chunk bodies, "
+        "in chunk order (lowercase hex)"
+    )
+    confirm_shrink: bool = Field(
+        False, description="Allow replacing a list with a much smaller (or empty) one"
+    )
+
+
+class UploadStatus(StrEnum):
+    staged = "staged"
+    committed = "committed"
+    superseded = "superseded"
+    aborted = "aborted"
+
+
+class JobState(StrEnum):
+    queued = "queued"
+    running = "running"
+    done = "done"
+    failed = "failed"
+
+
+class Upload(_Response):
+    id: uuid.UUID
+    partnership_id: uuid.UUID
+    population: str
+    status: UploadStatus
+    normalizer_version: str
+    token_kinds: list[TokenKind]
+    sealed_fields: list[str]
+    key_epochs: dict[str, int]
+    record_count: int
+    chunk_count: int
+    received_chunks: list[int] = Field(default_factory=list)
+    received_records: int = 0
+    created_at: datetime
+    committed_at: datetime | None = None
+    match_job: JobState | None = None
+
+
+class ChunkReceipt(_Response):
+    upload_id: uuid.UUID
+    n: int
+    records: int
+    sha256: str
+    duplicate: bool = Field(False, description="The same chunk had already been received")
+
+
+class PopulationSync(_Response):
+    """One side's committed list for one population, as the status shows it."""
+
+    population: str
+    kind: PopulationKind | None = None
+    records: int
+    committed_at: datetime
+    normalizer_version: str
+    stale_keys: bool = Field(description="Tokens derived with a key that was since rotated")
+    match_job: JobState | None = None
+
+
+class PartnershipSyncStatus(_Response):
+    partnership_id: uuid.UUID
+    mine: list[PopulationSync]
+    partner: list[PopulationSync] = Field(
+        description="The partner's populations I may see (at least `count`)"
+    )
+    normalizer_mismatch: bool = False
+    warnings: list[str] = Field(default_factory=list)
