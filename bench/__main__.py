@@ -9,6 +9,7 @@ import sys
 # Each module exposes `main(argv: list[str]) -> None`; later issues add theirs here.
 BENCHES: dict[str, str] = {
     "crypto": "bench.bench_crypto",
+    "normalize": "bench.bench_normalize",
 }
 
 
