@@ -39,6 +39,24 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     db_pool_size: int = Field(10, ge=1, le=200)
 
+    # Upload guards (each rejection names the limit; see docs/limits in README)
+    max_chunk_records: int = Field(50_000, ge=1, le=500_000)
+    max_population_records: int = Field(2_000_000, ge=1, description="population size cap")
+    max_sealed_bytes: int = Field(4096, ge=64, description="per sealed payload")
+    max_shrink_fraction: float = Field(
+        0.5, gt=0, le=1, description="a commit may shrink a list by at most this (or confirm)"
+    )
+    max_commits_per_day: int = Field(
+        24, ge=1, description="commits per population per partnership per 24 h (anti-probing)"
+    )
+    staged_upload_ttl_seconds: int = Field(24 * 3600, ge=60)
+
+    # Background jobs
+    embedded_worker: bool = Field(True, description="run the job worker inside the API process")
+    worker_poll_seconds: float = Field(1.0, gt=0)
+    job_lease_seconds: int = Field(600, ge=5, description="a running job older is re-claimed")
+    job_max_attempts: int = Field(5, ge=1)
+
     @model_validator(mode="after")
     def _check(self) -> Self:
         if self.secret_key is None:

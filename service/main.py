@@ -18,10 +18,12 @@ from service.audit.router import router as audit_router
 from service.company.router import router as company_router
 from service.config import Settings
 from service.db import make_engine, make_sessionmaker, ping
+from service.jobs import Worker
 from service.middleware import BodyLimit, RequestContext
 from service.partnership.router import router as partnership_router
 from service.policy.router import router as policy_router
 from service.population.router import router as population_router
+from service.upload.router import router as upload_router
 
 log = logging.getLogger("blindmap.service")
 
@@ -32,8 +34,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     engine = make_engine(settings)
 
     @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        worker = None
+        if settings.embedded_worker:
+            import service.overlap.service  # noqa: F401  (registers the match handler)
+
+            worker = Worker(app.state.sessionmaker, settings)
+            worker.start()
+        app.state.worker = worker
         yield
+        if worker is not None:
+            worker.stop()
         engine.dispose()
 
     app = FastAPI(
@@ -73,6 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(population_router)
     app.include_router(partnership_router)
     app.include_router(policy_router)
+    app.include_router(upload_router)
     app.include_router(audit_router)
     return app
 

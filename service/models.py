@@ -8,14 +8,20 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
+    Boolean,
     CheckConstraint,
+    Column,
     DateTime,
     ForeignKey,
     Index,
     Integer,
     LargeBinary,
     MetaData,
+    SmallInteger,
     String,
+    Table,
+    Text,
     TypeDecorator,
     UniqueConstraint,
     Uuid,
@@ -191,3 +197,128 @@ class AuditEvent(Base):
     partnership_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, index=True)
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+UPLOAD_STATUSES = ("staged", "committed", "superseded", "aborted")
+
+
+class Upload(Base):
+    """One list sent by one company for one population in one partnership.
+
+    `num` is the compact internal key that records, tokens and matches carry (an
+    integer joins and indexes far better than a UUID); `id` is the public one.
+    """
+
+    __tablename__ = "uploads"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('staged', 'committed', 'superseded', 'aborted')", name="status"
+        ),
+        Index(None, "partnership_id", "company_id", "population_id", "status"),
+        Index(None, "status", "created_at"),
+    )
+
+    num: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, unique=True, default=uuid.uuid4)
+    partnership_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("partnerships.id", ondelete="CASCADE")
+    )
+    company_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("companies.id", ondelete="CASCADE"))
+    population_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("populations.id", ondelete="CASCADE")
+    )
+    status: Mapped[str] = mapped_column(String(16), default="staged")
+    normalizer_version: Mapped[str] = mapped_column(String(64))
+    token_kinds: Mapped[list[str]] = mapped_column(JSON)
+    sealed_fields: Mapped[list[str]] = mapped_column(JSON)
+    my_epoch: Mapped[int] = mapped_column(Integer)
+    partner_epoch: Mapped[int] = mapped_column(Integer)
+    record_count: Mapped[int] = mapped_column(Integer)
+    chunk_count: Mapped[int] = mapped_column(Integer)
+    digest: Mapped[str] = mapped_column(String(64))
+    confirm_shrink: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    committed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class UploadChunk(Base):
+    """A received chunk: its digest makes a re-send idempotent and the commit verifiable."""
+
+    __tablename__ = "upload_chunks"
+
+    upload_num: Mapped[int] = mapped_column(
+        ForeignKey("uploads.num", ondelete="CASCADE"), primary_key=True
+    )
+    n: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sha256: Mapped[bytes] = mapped_column(LargeBinary(32))
+    records: Mapped[int] = mapped_column(Integer)
+
+
+# Records, tokens and matches are written in bulk (COPY / executemany) through Core.
+records = Table(
+    "records",
+    Base.metadata,
+    Column("upload_num", ForeignKey("uploads.num", ondelete="CASCADE"), primary_key=True),
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("partnership_id", Uuid, nullable=False),
+    Column("ref", String(64), nullable=False),
+    Column("self_sealed", LargeBinary, nullable=False),
+    Column("partner_sealed", LargeBinary),
+    UniqueConstraint("upload_num", "ref"),
+    sqlite_with_rowid=False,
+)
+
+# The primary key (upload_num, kind, value, seq) is also the join index of the match.
+tokens = Table(
+    "tokens",
+    Base.metadata,
+    Column("upload_num", ForeignKey("uploads.num", ondelete="CASCADE"), primary_key=True),
+    Column("kind", SmallInteger, primary_key=True, autoincrement=False),
+    Column("value", LargeBinary(16), primary_key=True),
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("partnership_id", Uuid, nullable=False),
+    sqlite_with_rowid=False,  # clustered on the key: the join reads it in order
+)
+
+# One row per matched pair of records; side a is the inviter's, side b the invitee's.
+matches = Table(
+    "matches",
+    Base.metadata,
+    Column("a_upload", ForeignKey("uploads.num", ondelete="CASCADE"), primary_key=True),
+    Column("a_seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("b_upload", ForeignKey("uploads.num", ondelete="CASCADE"), primary_key=True),
+    Column("b_seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("partnership_id", Uuid, nullable=False),
+    Index(None, "b_upload", "b_seq"),
+    sqlite_with_rowid=False,
+)
+
+JOB_STATUSES = ("queued", "running", "done", "failed")
+
+
+class Job(Base):
+    """Background work (today: matching a committed upload), claimed by workers."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        CheckConstraint("status IN ('queued', 'running', 'done', 'failed')", name="status"),
+        Index(None, "status", "run_after"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    partnership_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("partnerships.id", ondelete="CASCADE"), index=True
+    )
+    upload_num: Mapped[int | None] = mapped_column(
+        ForeignKey("uploads.num", ondelete="CASCADE"), index=True
+    )
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    run_after: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    locked_by: Mapped[str | None] = mapped_column(String(64))
+    locked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -18,7 +18,8 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture
 def as_company(client, monkeypatch, tmp_path):
     monkeypatch.setattr(
-        cli.State, "client",
+        cli.State,
+        "client",
         lambda self: blindmap.Client(base_url="http://testserver", http_client=client),
     )
     monkeypatch.delenv("BLINDMAP_KEY_PASSPHRASE", raising=False)
@@ -28,7 +29,9 @@ def as_company(client, monkeypatch, tmp_path):
             "BLINDMAP_API_KEY": tenant.keys[role],
             "BLINDMAP_KEY_FILE": str(tmp_path / tenant.slug / "key.pem"),
         }
-        return CliRunner().invoke(cli.main, list(args), env=env, input=input, catch_exceptions=False)
+        return CliRunner().invoke(
+            cli.main, list(args), env=env, input=input, catch_exceptions=False
+        )
 
     return invoke
 
@@ -84,7 +87,9 @@ def test_policy_commands(as_company, tenants):
     assert as_company(a, "populations", "create", "customers", "--kind", "customers").exit_code == 0
 
     shown = as_company(a, "policy", "show", "globex")
-    assert shown.exit_code == 0 and "policy v1" in shown.output and "reciprocal: true" in shown.output
+    assert (
+        shown.exit_code == 0 and "policy v1" in shown.output and "reciprocal: true" in shown.output
+    )
     co_sell = REPO / "policies" / "co-sell.yaml"
     diff = as_company(a, "policy", "diff", "globex", str(co_sell))
     assert diff.exit_code == 0 and diff.output.startswith("---")

@@ -17,11 +17,21 @@ def test_public_key_registration_bumps_epoch(client, tenants):
     h = tenants.a.headers()
     r = client.put("/v1/me/public-key", json={"public_key": pub}, headers=h)
     assert r.status_code == 200 and r.json()["key_epoch"] == 1 and r.json()["public_key"] == pub
-    assert client.put("/v1/me/public-key", json={"public_key": pub}, headers=h).json()["key_epoch"] == 1
+    assert (
+        client.put("/v1/me/public-key", json={"public_key": pub}, headers=h).json()["key_epoch"]
+        == 1
+    )
     other = crypto.encode_public_key(crypto.public_key_bytes(crypto.generate_private_key()))
-    assert client.put("/v1/me/public-key", json={"public_key": other}, headers=h).json()["key_epoch"] == 2
-    assert client.put("/v1/me/public-key", json={"public_key": pub},
-                      headers=tenants.a.headers("uploader")).status_code == 403
+    assert (
+        client.put("/v1/me/public-key", json={"public_key": other}, headers=h).json()["key_epoch"]
+        == 2
+    )
+    assert (
+        client.put(
+            "/v1/me/public-key", json={"public_key": pub}, headers=tenants.a.headers("uploader")
+        ).status_code
+        == 403
+    )
 
 
 def test_bad_public_keys_are_422_naming_the_field(client, tenants):
@@ -38,7 +48,9 @@ def test_lifecycle(client, tenants):
     r = client.post("/v1/partnerships", json={"partner": "globex"}, headers=a.headers())
     assert r.status_code == 201
     p = r.json()
-    assert p["status"] == "pending" and p["my_role"] == "inviter" and p["partner"]["slug"] == "globex"
+    assert (
+        p["status"] == "pending" and p["my_role"] == "inviter" and p["partner"]["slug"] == "globex"
+    )
     seen_by_b = client.get("/v1/partnerships", headers=b.headers("reader")).json()["items"]
     assert [x["id"] for x in seen_by_b] == [p["id"]] and seen_by_b[0]["my_role"] == "invitee"
     # only the invitee accepts
@@ -55,7 +67,12 @@ def test_lifecycle(client, tenants):
     assert client.post(f"/v1/partnerships/{p['id']}/accept", headers=b.headers()).status_code == 409
     got = client.get(f"/v1/partnerships/{p['id']}", headers=a.headers("reader")).json()
     assert got["partner"]["public_key"] == active["me"]["public_key"]
-    assert client.get("/v1/partnerships", params={"status": "pending"}, headers=a.headers()).json()["items"] == []
+    assert (
+        client.get("/v1/partnerships", params={"status": "pending"}, headers=a.headers()).json()[
+            "items"
+        ]
+        == []
+    )
 
 
 def test_invite_errors(client, tenants):
@@ -64,7 +81,10 @@ def test_invite_errors(client, tenants):
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "partner"
     r = client.post("/v1/partnerships", json={"partner": "nobody"}, headers=a.headers())
     assert r.status_code == 404 and "nobody" in r.json()["detail"]
-    assert client.post("/v1/partnerships", json={"partner": "globex"}, headers=a.headers()).status_code == 201
+    assert (
+        client.post("/v1/partnerships", json={"partner": "globex"}, headers=a.headers()).status_code
+        == 201
+    )
     for who, slug in ((a, "globex"), (tenants.b, "acme")):  # either direction
         r = client.post("/v1/partnerships", json={"partner": slug}, headers=who.headers())
         assert r.status_code == 409 and "already have a pending partnership" in r.json()["detail"]
@@ -72,7 +92,9 @@ def test_invite_errors(client, tenants):
 
 def test_accept_needs_both_keys(client, tenants):
     a, b = tenants.a, tenants.b
-    pid = client.post("/v1/partnerships", json={"partner": "globex"}, headers=a.headers()).json()["id"]
+    pid = client.post("/v1/partnerships", json={"partner": "globex"}, headers=a.headers()).json()[
+        "id"
+    ]
     r = client.post(f"/v1/partnerships/{pid}/accept", headers=b.headers())
     assert r.status_code == 409 and "Your company has not registered" in r.json()["detail"]
     register_key(client, b)
@@ -110,7 +132,9 @@ def _rows_of(session, pid):
 
 def test_end_deletes_everything_and_returns_a_receipt(client, tenants, app):
     pid = partner_up(client, tenants.a, tenants.b)
-    client.put(f"/v1/partnerships/{pid}/policy", json={"default": "count"}, headers=tenants.a.headers())
+    client.put(
+        f"/v1/partnerships/{pid}/policy", json={"default": "count"}, headers=tenants.a.headers()
+    )
     r = client.post(f"/v1/partnerships/{pid}/end", headers=tenants.b.headers())
     assert r.status_code == 200
     receipt = r.json()
@@ -118,20 +142,33 @@ def test_end_deletes_everything_and_returns_a_receipt(client, tenants, app):
     assert "partnerships" not in receipt["deleted"] and "audit_events" not in receipt["deleted"]
     with app.state.sessionmaker() as s:
         rows = _rows_of(s, pid)
-    leftovers = {t: n for t, n in rows.items() if n and t not in ("partnerships", "audit_events", "disclosures")}
+    leftovers = {
+        t: n
+        for t, n in rows.items()
+        if n and t not in ("partnerships", "audit_events", "disclosures")
+    }
     assert leftovers == {}, leftovers
     got = client.get(f"/v1/partnerships/{pid}", headers=tenants.a.headers()).json()
     assert got["status"] == "ended" and got["ended_at"]
     for method, path in (("POST", "end"), ("POST", "accept"), ("PUT", "policy")):
-        r = client.request(method, f"/v1/partnerships/{pid}/{path}", headers=tenants.a.headers(),
-                           json={"default": "hidden"} if method == "PUT" else None)
+        r = client.request(
+            method,
+            f"/v1/partnerships/{pid}/{path}",
+            headers=tenants.a.headers(),
+            json={"default": "hidden"} if method == "PUT" else None,
+        )
         assert r.status_code == 409, (path, r.text)
     # the audit entries that remain hold no record data, only counts and ids
     events = client.get("/v1/audit", headers=tenants.a.headers()).json()["items"]
     end_event = next(e for e in events if e["action"] == "partnership.end")
     assert end_event["details"]["deleted"]["policies"] == 3
     # a new partnership of the same pair can start again
-    assert client.post("/v1/partnerships", json={"partner": "globex"}, headers=tenants.a.headers()).status_code == 201
+    assert (
+        client.post(
+            "/v1/partnerships", json={"partner": "globex"}, headers=tenants.a.headers()
+        ).status_code
+        == 201
+    )
 
 
 def test_concurrent_double_accept(client, tenants, app):
@@ -144,7 +181,9 @@ def test_concurrent_double_accept(client, tenants, app):
     def accept():
         with TestClient(app) as c:
             barrier.wait()
-            results.append(c.post(f"/v1/partnerships/{pid}/accept", headers=tenants.b.headers()).status_code)
+            results.append(
+                c.post(f"/v1/partnerships/{pid}/accept", headers=tenants.b.headers()).status_code
+            )
 
     threads = [threading.Thread(target=accept) for _ in range(4)]
     for t in threads:
@@ -161,16 +200,22 @@ def test_end_while_partner_reads(client, tenants, app):
 
     pid = partner_up(client, tenants.a, tenants.b)
     statuses: list[int] = []
-    stop = threading.Event()
+    stop, reading = threading.Event(), threading.Event()
 
     def read():
         with TestClient(app, raise_server_exceptions=False) as c:
             while not stop.is_set():
                 for path in ("", "/policy", "/partner-policy"):
-                    statuses.append(c.get(f"/v1/partnerships/{pid}{path}", headers=tenants.b.headers()).status_code)
+                    reading.set()
+                    statuses.append(
+                        c.get(
+                            f"/v1/partnerships/{pid}{path}", headers=tenants.b.headers()
+                        ).status_code
+                    )
 
     reader = threading.Thread(target=read)
     reader.start()
+    assert reading.wait(10)
     try:
         r = client.post(f"/v1/partnerships/{pid}/end", headers=tenants.a.headers())
     finally:

@@ -8,7 +8,9 @@ from tests.conftest import partner_up
 
 def _pops(client, tenant, *pops):
     for slug, kind in pops:
-        r = client.post("/v1/populations", json={"slug": slug, "kind": kind}, headers=tenant.headers())
+        r = client.post(
+            "/v1/populations", json={"slug": slug, "kind": kind}, headers=tenant.headers()
+        )
         assert r.status_code == 201
 
 
@@ -23,30 +25,56 @@ def test_new_partnership_starts_from_the_strictest_template(client, tenants):
 def test_put_creates_immutable_versions(client, tenants):
     pid = partner_up(client, tenants.a, tenants.b)
     h = tenants.a.headers()
-    doc = {"default": "hidden", "populations": {"customers": {"share": "overlap", "fields": ["name"]}}}
+    doc = {
+        "default": "hidden",
+        "populations": {"customers": {"share": "overlap", "fields": ["name"]}},
+    }
     r = client.put(f"/v1/partnerships/{pid}/policy", json=doc, headers=h)
     assert r.status_code == 200 and r.json()["version"] == 2
     r = client.put(f"/v1/partnerships/{pid}/policy", json={"default": "count"}, headers=h)
     assert r.json()["version"] == 3
-    assert client.get(f"/v1/partnerships/{pid}/policy", headers=h).json()["document"]["default"] == "count"
+    assert (
+        client.get(f"/v1/partnerships/{pid}/policy", headers=h).json()["document"]["default"]
+        == "count"
+    )
     # the partner's own policy is untouched
-    assert client.get(f"/v1/partnerships/{pid}/policy", headers=tenants.b.headers()).json()["version"] == 1
+    assert (
+        client.get(f"/v1/partnerships/{pid}/policy", headers=tenants.b.headers()).json()["version"]
+        == 1
+    )
 
 
 def test_policy_validation_and_roles(client, tenants):
     pid = partner_up(client, tenants.a, tenants.b)
-    r = client.put(f"/v1/partnerships/{pid}/policy", json={"default": "count", "sharing": "all"},
-                   headers=tenants.a.headers())
+    r = client.put(
+        f"/v1/partnerships/{pid}/policy",
+        json={"default": "count", "sharing": "all"},
+        headers=tenants.a.headers(),
+    )
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "sharing"
-    r = client.put(f"/v1/partnerships/{pid}/policy", json={"default": "everything"}, headers=tenants.a.headers())
+    r = client.put(
+        f"/v1/partnerships/{pid}/policy",
+        json={"default": "everything"},
+        headers=tenants.a.headers(),
+    )
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "default"
-    r = client.put(f"/v1/partnerships/{pid}/policy", json={"default": "count"}, headers=tenants.a.headers("uploader"))
+    r = client.put(
+        f"/v1/partnerships/{pid}/policy",
+        json={"default": "count"},
+        headers=tenants.a.headers("uploader"),
+    )
     assert r.status_code == 403
 
 
 def test_partner_sees_only_what_is_shared(client, tenants):
     a, b = tenants.a, tenants.b
-    _pops(client, a, ("customers", "customers"), ("secret-list", "prospects"), ("pipeline", "opportunities"))
+    _pops(
+        client,
+        a,
+        ("customers", "customers"),
+        ("secret-list", "prospects"),
+        ("pipeline", "opportunities"),
+    )
     pid = partner_up(client, a, b)
     doc = {
         "default": "hidden",
@@ -56,13 +84,19 @@ def test_partner_sees_only_what_is_shared(client, tenants):
         },
         "min_count": 3,
     }
-    assert client.put(f"/v1/partnerships/{pid}/policy", json=doc, headers=a.headers()).status_code == 200
+    assert (
+        client.put(f"/v1/partnerships/{pid}/policy", json=doc, headers=a.headers()).status_code
+        == 200
+    )
     # b grants a enough for a's non-reciprocal policy not to matter
     view = client.get(f"/v1/partnerships/{pid}/partner-policy", headers=b.headers("reader")).json()
     assert view["owner"] == "acme" and view["version"] == 2 and view["min_count"] == 3
     shared = {p["slug"]: p for p in view["populations"]}
     assert set(shared) == {"customers", "pipeline"}
-    assert shared["customers"]["share"] == "overlap" and shared["customers"]["fields"] == ["name", "owner_email"]
+    assert shared["customers"]["share"] == "overlap" and shared["customers"]["fields"] == [
+        "name",
+        "owner_email",
+    ]
     assert shared["pipeline"]["fields"] == []
     import json
 
@@ -76,9 +110,17 @@ def test_reciprocal_policy_caps_the_partner(client, tenants):
     a, b = tenants.a, tenants.b
     _pops(client, a, ("customers", "customers"))
     pid = partner_up(client, a, b)
-    client.put(f"/v1/partnerships/{pid}/policy", headers=a.headers(),
-               json={"default": "hidden", "reciprocal": True,
-                     "populations": {"customers": {"share": "full", "fields": ["name"]}}})
+    client.put(
+        f"/v1/partnerships/{pid}/policy",
+        headers=a.headers(),
+        json={
+            "default": "hidden",
+            "reciprocal": True,
+            "populations": {"customers": {"share": "full", "fields": ["name"]}},
+        },
+    )
     client.put(f"/v1/partnerships/{pid}/policy", headers=b.headers(), json={"default": "count"})
     view = client.get(f"/v1/partnerships/{pid}/partner-policy", headers=b.headers()).json()
-    assert [(p["slug"], p["share"], p["fields"]) for p in view["populations"]] == [("customers", "count", [])]
+    assert [(p["slug"], p["share"], p["fields"]) for p in view["populations"]] == [
+        ("customers", "count", [])
+    ]

@@ -13,6 +13,7 @@ import re
 import pytest
 
 from tests.conftest import make_tenant, partner_up
+from tests.uploads import upload
 
 # path parameter -> function(world) giving the id of one of company A's objects that
 # company B has no part in
@@ -20,11 +21,22 @@ ID_OF_A = {
     "key_id": lambda w: w["tenants"].a.key_ids["reader"],
     "partnership_id": lambda w: w["partnership_a_c"],
     "slug": lambda w: "a-only",
+    "upload_id": lambda w: w["upload_of_a"],
+    "n": lambda w: 0,
 }
 SAMPLE_BODIES = {
     ("POST", "/v1/api-keys"): {"name": "probe", "role": "reader"},
     ("PUT", "/v1/partnerships/{partnership_id}/policy"): {"default": "full"},
     ("PATCH", "/v1/populations/{slug}"): {"display_name": "hijacked"},
+    ("POST", "/v1/partnerships/{partnership_id}/uploads"): {
+        "population": "a-only",
+        "normalizer_version": "x",
+        "token_kinds": ["domain"],
+        "key_epochs": {"mine": 1, "partner": 1},
+        "record_count": 0,
+        "chunk_count": 0,
+        "digest": "0" * 64,
+    },
 }
 
 
@@ -33,9 +45,12 @@ def world(app, client, tenants):
     """A and B, plus a partnership of A with a third company C and a population only A has."""
     c = make_tenant(app, "initech", "Initech")
     pid = partner_up(client, tenants.a, c)
-    r = client.post("/v1/populations", json={"slug": "a-only", "kind": "customers"}, headers=tenants.a.headers())
+    r = client.post(
+        "/v1/populations", json={"slug": "a-only", "kind": "customers"}, headers=tenants.a.headers()
+    )
     assert r.status_code == 201
-    return {"tenants": tenants, "partnership_a_c": pid, "c": c}
+    up, _ = upload(client, tenants.a, pid, "a-only", [[1], [2]], commit=False)
+    return {"tenants": tenants, "partnership_a_c": pid, "c": c, "upload_of_a": up["id"]}
 
 
 def _routes(app):
@@ -44,6 +59,17 @@ def _routes(app):
         if path.startswith("/v1/"):
             for method in sorted(ops):
                 yield method.upper(), path
+
+
+def _call(client, method, path, url, headers):
+    if path.endswith("/chunks/{n}"):  # raw NDJSON, not JSON
+        return client.request(
+            method,
+            url,
+            content=b"{}\n",
+            headers={**headers, "content-type": "application/x-ndjson"},
+        )
+    return client.request(method, url, headers=headers, json=SAMPLE_BODIES.get((method, path)))
 
 
 def _params(path: str) -> list[str]:
@@ -62,9 +88,7 @@ def test_other_companies_objects_are_404(app, client, tenants, world):
             continue
         url = path.format(**{p: ID_OF_A[p](world) for p in _params(path)})
         for role in ("admin", "uploader", "reader"):
-            r = client.request(
-                method, url, headers=tenants.b.headers(role), json=SAMPLE_BODIES.get((method, path))
-            )
+            r = _call(client, method, path, url, tenants.b.headers(role))
             # A weaker role may be refused for its role first (403 says nothing about A).
             assert r.status_code in (404, 403), (method, url, role, r.status_code, r.text)
             if role == "admin":
@@ -76,10 +100,16 @@ def test_other_companies_objects_are_404(app, client, tenants, world):
     assert client.get("/v1/me", headers=tenants.a.headers("reader")).status_code == 200
     pop = client.get("/v1/populations/a-only", headers=tenants.a.headers()).json()
     assert pop["display_name"] != "hijacked"
-    p = client.get(f"/v1/partnerships/{world['partnership_a_c']}", headers=tenants.a.headers()).json()
+    p = client.get(
+        f"/v1/partnerships/{world['partnership_a_c']}", headers=tenants.a.headers()
+    ).json()
     assert p["status"] == "active"
-    policy = client.get(f"/v1/partnerships/{world['partnership_a_c']}/policy", headers=tenants.a.headers()).json()
+    policy = client.get(
+        f"/v1/partnerships/{world['partnership_a_c']}/policy", headers=tenants.a.headers()
+    ).json()
     assert policy["version"] == 1
+    up = client.get(f"/v1/uploads/{world['upload_of_a']}", headers=tenants.a.headers()).json()
+    assert up["status"] == "staged" and up["received_chunks"] == [0]
 
 
 def test_listings_hold_no_foreign_data(app, client, tenants, world):

@@ -1,0 +1,87 @@
+"""The match job: join a committed upload's tokens with the partner's committed lists.
+
+Runs in the job worker, in one transaction: it deletes this upload's match rows and
+inserts the new ones, so readers see either the old set or the new one.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import delete, or_, select, text
+from sqlalchemy.orm import Session
+
+from blindmap.policy import Policy, name_matching_enabled
+from service import jobs
+from service.models import Job, Partnership, Upload, matches
+from service.policy import service as policies
+from service.upload.ingest import KIND_CODES
+
+_JOIN = text(
+    "INSERT INTO matches (a_upload, a_seq, b_upload, b_seq, partnership_id) "
+    "SELECT DISTINCT :a_upload, {a_seq}, :b_upload, {b_seq}, :pid "
+    "FROM tokens t1 JOIN tokens t2 ON t2.upload_num = :other AND t2.kind = t1.kind "
+    "AND t2.value = t1.value "
+    "WHERE t1.upload_num = :mine AND t1.kind = :kind "
+    "ON CONFLICT DO NOTHING"
+)
+
+
+@jobs.handler("match")
+def run_match(session: Session, job: Job) -> None:
+    if job.upload_num is None:
+        return
+    up = session.get(Upload, job.upload_num)
+    if up is None or up.status != "committed":
+        return  # superseded or deleted meanwhile: its successor has its own job
+    p = session.execute(
+        select(Partnership).where(Partnership.id == up.partnership_id).with_for_update()
+    ).scalar_one()
+    if p.status != "active":
+        return
+    partner_id = p.invitee_id if up.company_id == p.inviter_id else p.inviter_id
+    i_am_a = up.company_id == p.inviter_id
+    mine = Policy.model_validate(policies.current(session, p.id, up.company_id).document)
+    theirs = Policy.model_validate(policies.current(session, p.id, partner_id).document)
+    kinds = ["domain"]
+    if name_matching_enabled(mine, theirs):
+        kinds.append("name")
+    others = (
+        session.execute(
+            select(Upload).where(
+                Upload.partnership_id == p.id,
+                Upload.company_id == partner_id,
+                Upload.status == "committed",
+                Upload.normalizer_version == up.normalizer_version,
+            )
+        )
+        .scalars()
+        .all()
+    )
+    session.execute(
+        delete(matches).where(or_(matches.c.a_upload == up.num, matches.c.b_upload == up.num))
+    )
+    for other in others:
+        a, b = (up, other) if i_am_a else (other, up)
+        sql = _JOIN.text.format(
+            a_seq="t1.seq" if i_am_a else "t2.seq", b_seq="t2.seq" if i_am_a else "t1.seq"
+        )
+        for kind in kinds:
+            if kind not in up.token_kinds or kind not in other.token_kinds:
+                continue
+            session.execute(
+                text(sql),
+                {
+                    "a_upload": a.num,
+                    "b_upload": b.num,
+                    "pid": _uuid_param(session, p.id),
+                    "other": other.num,
+                    "mine": up.num,
+                    "kind": KIND_CODES[kind],
+                },
+            )
+
+
+def _uuid_param(session: Session, value: object) -> object:
+    # Raw SQL bypasses the Uuid type: SQLite stores it as 32 hex characters.
+    if session.get_bind().dialect.name == "sqlite":
+        return value.hex  # type: ignore[attr-defined]
+    return value

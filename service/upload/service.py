@@ -1,0 +1,465 @@
+"""Rules for uploads: stage → chunks → commit (atomic replace) or abort; reaping."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Sequence
+from datetime import timedelta
+
+import psycopg
+from sqlalchemy import delete, func, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from blindmap import protocol
+from blindmap.policy import Policy
+from service import errors, jobs
+from service.audit import service as audit
+from service.auth import Principal
+from service.config import Settings
+from service.models import (
+    Company,
+    Job,
+    Partnership,
+    Population,
+    Upload,
+    UploadChunk,
+    matches,
+    records,
+    tokens,
+    utcnow,
+)
+from service.partnership import service as partnerships
+from service.policy import service as policies
+from service.population.service import PopulationRepository
+from service.repository import TenantRepository
+from service.upload import ingest
+
+
+class UploadRepository(TenantRepository[Upload]):
+    """Uploads are private to the company that sent them."""
+
+    model = Upload
+    not_found = "No such upload"
+
+
+def _active(session: Session, caller: Principal, pid: uuid.UUID) -> Partnership:
+    p = partnerships.get(session, caller.company_id, pid)
+    if p.status != "active":
+        raise errors.Conflict(f"This partnership is {p.status}; uploads need an active one.")
+    return p
+
+
+def _check_epochs(
+    session: Session, p: Partnership, company_id: uuid.UUID, mine: int, partner: int
+) -> None:
+    me = session.get_one(Company, company_id)
+    other = session.get_one(Company, partnerships.partner_id_of(p, company_id))
+    if (mine, partner) != (me.key_epoch, other.key_epoch):
+        raise errors.Conflict(
+            f"The tokens were derived with key epochs mine={mine}, partner={partner}, but the "
+            f"current ones are mine={me.key_epoch}, partner={other.key_epoch}: a key was "
+            "rotated. Fetch the partnership again and re-sync.",
+            current_key_epochs={"mine": me.key_epoch, "partner": other.key_epoch},
+        )
+
+
+def _check_sealed_fields(
+    session: Session, p: Partnership, company_id: uuid.UUID, population: str, fields: list[str]
+) -> None:
+    policy = Policy.model_validate(policies.current(session, p.id, company_id).document)
+    allowed = set(policy.fields_for(population))
+    extra = [f for f in fields if f not in allowed]
+    if extra:
+        raise errors.Unprocessable(
+            f"Your current policy for '{population}' releases {sorted(allowed) or 'no fields'}; "
+            f"the manifest seals {extra} as well. Seal only what the policy allows.",
+            errors=[{"field": "sealed_fields", "in": "body", "message": f"not allowed: {extra}"}],
+        )
+
+
+def create(
+    session: Session,
+    settings: Settings,
+    caller: Principal,
+    pid: uuid.UUID,
+    body: protocol.UploadCreate,
+) -> Upload:
+    p = _active(session, caller, pid)
+    pop = PopulationRepository(session, caller.company_id).by_slug(body.population)
+    if protocol.TokenKind.domain not in body.token_kinds or len(set(body.token_kinds)) != len(
+        body.token_kinds
+    ):
+        raise errors.Unprocessable(
+            "token_kinds must list 'domain' (the primary key) and no kind twice",
+            errors=[{"field": "token_kinds", "in": "body", "message": "must include 'domain'"}],
+        )
+    if body.record_count > settings.max_population_records:
+        raise errors.PayloadTooLarge(
+            f"{body.record_count} records exceed the population size cap of "
+            f"{settings.max_population_records}",
+            limit_records=settings.max_population_records,
+        )
+    if body.chunk_count * settings.max_chunk_records < body.record_count or (
+        body.record_count == 0
+    ) != (body.chunk_count == 0):
+        raise errors.Unprocessable(
+            f"{body.chunk_count} chunks cannot hold {body.record_count} records "
+            f"(at most {settings.max_chunk_records} per chunk)",
+            errors=[
+                {"field": "chunk_count", "in": "body", "message": "inconsistent with record_count"}
+            ],
+        )
+    _check_epochs(session, p, caller.company_id, body.key_epochs.mine, body.key_epochs.partner)
+    _check_sealed_fields(session, p, caller.company_id, pop.slug, body.sealed_fields)
+    up = Upload(
+        partnership_id=p.id,
+        company_id=caller.company_id,
+        population_id=pop.id,
+        status="staged",
+        normalizer_version=body.normalizer_version,
+        token_kinds=[k.value for k in body.token_kinds],
+        sealed_fields=list(body.sealed_fields),
+        my_epoch=body.key_epochs.mine,
+        partner_epoch=body.key_epochs.partner,
+        record_count=body.record_count,
+        chunk_count=body.chunk_count,
+        digest=body.digest,
+        confirm_shrink=body.confirm_shrink,
+        created_at=utcnow(),
+    )
+    session.add(up)
+    session.flush()
+    audit.record(
+        session,
+        caller,
+        "upload.create",
+        "upload",
+        up.id,
+        partnership_id=p.id,
+        details={"population": pop.slug, "records": body.record_count},
+    )
+    return up
+
+
+def get(
+    session: Session, caller: Principal, upload_id: uuid.UUID, *, for_update: bool = False
+) -> Upload:
+    return UploadRepository(session, caller.company_id).get(upload_id, for_update=for_update)
+
+
+def _staged(session: Session, caller: Principal, upload_id: uuid.UUID) -> Upload:
+    up = get(session, caller, upload_id, for_update=True)
+    if up.status != "staged":
+        raise errors.Conflict(
+            f"This upload is {up.status}; only a staged upload takes chunks or commits."
+        )
+    return up
+
+
+def put_chunk(
+    session: Session,
+    settings: Settings,
+    caller: Principal,
+    upload_id: uuid.UUID,
+    n: int,
+    body: bytes,
+) -> tuple[UploadChunk, bool]:
+    """Store chunk `n`; the same bytes again are a no-op, different bytes a 409."""
+    up = _staged(session, caller, upload_id)
+    if not 0 <= n < up.chunk_count:
+        raise errors.Unprocessable(
+            f"chunk number {n} is outside 0..{up.chunk_count - 1} declared in the manifest",
+            errors=[{"field": "n", "in": "path", "message": "out of range"}],
+        )
+    digest = hashlib.sha256(body).digest()
+    existing = session.get(UploadChunk, (up.num, n))
+    if existing is not None:
+        if existing.sha256 == digest:
+            return existing, True
+        raise errors.Conflict(f"Chunk {n} was already received with different content.")
+    parsed = ingest.parse_chunk(
+        body,
+        n=n,
+        upload_num=up.num,
+        partnership_id=up.partnership_id,
+        token_kinds=up.token_kinds,
+        sealed_fields=up.sealed_fields,
+        max_records=min(settings.max_chunk_records, ingest.CHUNK_SLOT),
+        max_sealed_bytes=settings.max_sealed_bytes,
+    )
+    chunk = UploadChunk(upload_num=up.num, n=n, sha256=digest, records=len(parsed.record_rows))
+    try:
+        with session.begin_nested():
+            session.add(chunk)
+            session.flush()
+            ingest.store(session, parsed)
+    except (IntegrityError, psycopg.IntegrityError):  # COPY raises the driver's own error
+        session.expire_all()
+        again = session.get(UploadChunk, (up.num, n))
+        if again is not None and again.sha256 == digest:  # a concurrent identical re-send
+            return again, True
+        if again is not None:
+            raise errors.Conflict(
+                f"Chunk {n} was already received with different content."
+            ) from None
+        raise errors.Unprocessable(
+            f"chunk {n} repeats a ref already sent in another chunk of this upload",
+            errors=[{"field": "ref", "in": "body", "message": "refs must be unique in an upload"}],
+        ) from None
+    return chunk, False
+
+
+def chunks_of(session: Session, up: Upload) -> Sequence[UploadChunk]:
+    return (
+        session.execute(
+            select(UploadChunk).where(UploadChunk.upload_num == up.num).order_by(UploadChunk.n)
+        )
+        .scalars()
+        .all()
+    )
+
+
+def _previous(session: Session, up: Upload) -> Upload | None:
+    return session.execute(
+        select(Upload).where(
+            Upload.partnership_id == up.partnership_id,
+            Upload.company_id == up.company_id,
+            Upload.population_id == up.population_id,
+            Upload.status == "committed",
+        )
+    ).scalar_one_or_none()
+
+
+def _drop_data(session: Session, upload_num: int) -> None:
+    """Delete an upload's records, tokens, matches and chunks (children first)."""
+    session.execute(
+        delete(matches).where(
+            or_(matches.c.a_upload == upload_num, matches.c.b_upload == upload_num)
+        )
+    )
+    session.execute(delete(tokens).where(tokens.c.upload_num == upload_num))
+    session.execute(delete(records).where(records.c.upload_num == upload_num))
+    session.execute(delete(UploadChunk).where(UploadChunk.upload_num == upload_num))
+
+
+def commit(session: Session, settings: Settings, caller: Principal, upload_id: uuid.UUID) -> Upload:
+    """Verify the upload, then atomically replace the previous list and enqueue matching."""
+    up = _staged(session, caller, upload_id)
+    # Serialise commits and match jobs of one partnership (PostgreSQL row lock; SQLite
+    # transactions are serial anyway).
+    p = partnerships.get(session, caller.company_id, up.partnership_id, for_update=True)
+    if p.status != "active":
+        raise errors.Conflict(f"This partnership is {p.status}.")
+    got = chunks_of(session, up)
+    missing = sorted(set(range(up.chunk_count)) - {c.n for c in got})
+    if missing:
+        shown = ", ".join(map(str, missing[:20])) + (" …" if len(missing) > 20 else "")
+        raise errors.Conflict(f"Chunks not received yet: {shown}.", missing_chunks=missing[:1000])
+    received = sum(c.records for c in got)
+    if received != up.record_count:
+        raise errors.Unprocessable(
+            f"The manifest announced {up.record_count} records; the chunks hold {received}.",
+            errors=[{"field": "record_count", "in": "manifest", "message": f"received {received}"}],
+        )
+    digest = hashlib.sha256(b"".join(c.sha256 for c in got)).hexdigest()
+    if digest != up.digest:
+        raise errors.Unprocessable(
+            "The digest of the received chunks does not match the manifest's: a chunk was "
+            "altered or reordered. Abort and upload again.",
+            errors=[{"field": "digest", "in": "manifest", "message": "mismatch"}],
+        )
+    _check_epochs(session, p, caller.company_id, up.my_epoch, up.partner_epoch)
+    pop = session.get_one(Population, up.population_id)
+    _check_sealed_fields(session, p, caller.company_id, pop.slug, up.sealed_fields)
+    now = utcnow()
+    window_start = now - timedelta(days=1)
+    recent = (
+        session.execute(
+            select(Upload.committed_at)
+            .where(
+                Upload.partnership_id == up.partnership_id,
+                Upload.company_id == up.company_id,
+                Upload.population_id == up.population_id,
+                Upload.committed_at > window_start,
+            )
+            .order_by(Upload.committed_at)
+        )
+        .scalars()
+        .all()
+    )
+    if len(recent) >= settings.max_commits_per_day:
+        oldest = recent[0] or now
+        retry = int((oldest + timedelta(days=1) - now).total_seconds()) + 1
+        audit.record(
+            session,
+            caller,
+            "upload.rate_limited",
+            "upload",
+            up.id,
+            partnership_id=p.id,
+            details={"population": pop.slug},
+        )
+        raise errors.RateLimited(
+            f"'{pop.slug}' was committed {len(recent)} times in the last 24 hours in this "
+            f"partnership; the limit is {settings.max_commits_per_day} (anti-probing).",
+            headers={"Retry-After": str(retry)},
+            limit=settings.max_commits_per_day,
+        )
+    prev = _previous(session, up)
+    if prev is not None and prev.record_count > 0 and not up.confirm_shrink:
+        floor = prev.record_count * (1 - settings.max_shrink_fraction)
+        if up.record_count == 0 or up.record_count < floor:
+            raise errors.Conflict(
+                f"This upload ({up.record_count} records) would replace a list of "
+                f"{prev.record_count}: a shrink of more than "
+                f"{settings.max_shrink_fraction:.0%}. If that is intended, upload again with "
+                "confirm_shrink (CLI: --confirm-shrink).",
+                limit_fraction=settings.max_shrink_fraction,
+            )
+    if prev is not None:
+        prev.status, prev.ended_at = "superseded", now
+        _drop_data(session, prev.num)
+    up.status, up.committed_at = "committed", now
+    session.flush()
+    jobs.enqueue(session, "match", partnership_id=p.id, upload_num=up.num)
+    audit.record(
+        session,
+        caller,
+        "upload.commit",
+        "upload",
+        up.id,
+        partnership_id=p.id,
+        details={
+            "population": pop.slug,
+            "records": up.record_count,
+            "replaced": prev.record_count if prev else None,
+        },
+    )
+    return up
+
+
+def abort(session: Session, caller: Principal, upload_id: uuid.UUID) -> None:
+    up = _staged(session, caller, upload_id)
+    up.status, up.ended_at = "aborted", utcnow()
+    _drop_data(session, up.num)
+    audit.record(session, caller, "upload.abort", "upload", up.id, partnership_id=up.partnership_id)
+
+
+def reap(session: Session, settings: Settings) -> int:
+    """Abort staged uploads older than the TTL and free their rows."""
+    cutoff = utcnow() - timedelta(seconds=settings.staged_upload_ttl_seconds)
+    stale = (
+        session.execute(
+            select(Upload).where(Upload.status == "staged", Upload.created_at < cutoff).limit(100)
+        )
+        .scalars()
+        .all()
+    )
+    for up in stale:
+        up.status, up.ended_at = "aborted", utcnow()
+        _drop_data(session, up.num)
+        audit.record_raw(session, up.company_id, None, "upload.reaped", "upload", up.id)
+    return len(stale)
+
+
+def latest_job_state(session: Session, upload_num: int) -> protocol.JobState | None:
+    status = session.execute(
+        select(Job.status).where(Job.upload_num == upload_num).order_by(Job.id.desc()).limit(1)
+    ).scalar_one_or_none()
+    return protocol.JobState(status) if status else None
+
+
+def view(session: Session, up: Upload) -> protocol.Upload:
+    got = chunks_of(session, up) if up.status == "staged" else []
+    pop = session.get_one(Population, up.population_id)
+    return protocol.Upload(
+        id=up.id,
+        partnership_id=up.partnership_id,
+        population=pop.slug,
+        status=protocol.UploadStatus(up.status),
+        normalizer_version=up.normalizer_version,
+        token_kinds=[protocol.TokenKind(k) for k in up.token_kinds],
+        sealed_fields=up.sealed_fields,
+        key_epochs={"mine": up.my_epoch, "partner": up.partner_epoch},
+        record_count=up.record_count,
+        chunk_count=up.chunk_count,
+        received_chunks=[c.n for c in got],
+        received_records=sum(c.records for c in got)
+        if got
+        else (up.record_count if up.status == "committed" else 0),
+        created_at=up.created_at,
+        committed_at=up.committed_at,
+        match_job=latest_job_state(session, up.num),
+    )
+
+
+def committed_count(session: Session, upload_num: int) -> int:
+    return int(
+        session.execute(
+            select(func.count()).select_from(records).where(records.c.upload_num == upload_num)
+        ).scalar_one()
+    )
+
+
+def sync_status(
+    session: Session, caller: Principal, pid: uuid.UUID
+) -> protocol.PartnershipSyncStatus:
+    """Both sides' committed lists (the partner's only where its policy shows them)."""
+    from blindmap.policy import Share, effective
+
+    p = partnerships.get(session, caller.company_id, pid)
+    partner_id = partnerships.partner_id_of(p, caller.company_id)
+    me, other = session.get_one(Company, caller.company_id), session.get_one(Company, partner_id)
+    rows = session.execute(
+        select(Upload, Population)
+        .join(Population, Population.id == Upload.population_id)
+        .where(Upload.partnership_id == p.id, Upload.status == "committed")
+        .order_by(Population.slug)
+    ).all()
+    partner_policy = my_policy = None
+    if p.status != "ended":
+        partner_policy = Policy.model_validate(policies.current(session, p.id, partner_id).document)
+        my_policy = Policy.model_validate(
+            policies.current(session, p.id, caller.company_id).document
+        )
+    mine: list[protocol.PopulationSync] = []
+    theirs: list[protocol.PopulationSync] = []
+    for up, pop in rows:
+        own = up.company_id == caller.company_id
+        if own:
+            stale = (up.my_epoch, up.partner_epoch) != (me.key_epoch, other.key_epoch)
+        else:
+            assert partner_policy is not None
+            if effective(partner_policy, pop.slug, viewer=my_policy).level < Share.count:
+                continue  # hidden: not even its name
+            stale = (up.my_epoch, up.partner_epoch) != (other.key_epoch, me.key_epoch)
+        (mine if own else theirs).append(
+            protocol.PopulationSync(
+                population=pop.slug,
+                kind=protocol.PopulationKind(pop.kind),
+                records=up.record_count,
+                committed_at=up.committed_at or up.created_at,
+                normalizer_version=up.normalizer_version,
+                stale_keys=stale,
+                match_job=latest_job_state(session, up.num) if own else None,
+            )
+        )
+    versions = {s.normalizer_version for s in mine} | {s.normalizer_version for s in theirs}
+    warnings = []
+    mismatch = bool(mine and theirs and len(versions) > 1)
+    if mismatch:
+        warnings.append(
+            f"Normalizer versions differ ({', '.join(sorted(versions))}): lists of different "
+            "versions are not matched. The side with the older SDK should upgrade and re-sync."
+        )
+    if any(s.stale_keys for s in mine + theirs):
+        warnings.append("A key was rotated after some uploads: re-sync them (`blindmap sync`).")
+    return protocol.PartnershipSyncStatus(
+        partnership_id=p.id,
+        mine=mine,
+        partner=theirs,
+        normalizer_mismatch=mismatch,
+        warnings=warnings,
+    )

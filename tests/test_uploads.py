@@ -1,0 +1,367 @@
+"""Staged, atomic uploads, their guards, and the match job, on both databases."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select, update
+
+from service.models import Job, Upload, matches, records, tokens, utcnow
+from tests.conftest import partner_up
+from tests.uploads import b64, manifest, match_pairs, ndjson, record, upload, wait_jobs
+
+CT = {"content-type": "application/x-ndjson"}
+
+
+@pytest.fixture
+def pair(client, tenants):
+    """A and B partnered, each with a `customers` population, co-sell-like policies."""
+    pid = partner_up(client, tenants.a, tenants.b)
+    for t in (tenants.a, tenants.b):
+        client.post(
+            "/v1/populations", json={"slug": "customers", "kind": "customers"}, headers=t.headers()
+        )
+        client.put(
+            f"/v1/partnerships/{pid}/policy",
+            headers=t.headers(),
+            json={
+                "default": "hidden",
+                "populations": {
+                    "customers": {"share": "overlap", "fields": ["name", "owner_email"]}
+                },
+            },
+        )
+    return pid
+
+
+def _count(app, table, **where) -> int:
+    with app.state.sessionmaker() as s:
+        stmt = select(func.count()).select_from(table)
+        for k, v in where.items():
+            stmt = stmt.where(table.c[k] == v)
+        return s.execute(stmt).scalar_one()
+
+
+def test_upload_commit_and_match(client, tenants, app, pair):
+    a_vals = [[i] for i in range(10)]
+    b_vals = [[i] for i in range(5, 15)]
+    _, r = upload(client, tenants.a, pair, "customers", a_vals, chunk_size=4)
+    assert r.status_code == 200 and r.json()["status"] == "committed"
+    _, r = upload(client, tenants.b, pair, "customers", b_vals)
+    assert r.status_code == 200
+    wait_jobs(app)
+    assert match_pairs(app, pair) == {(f"r{i}", f"r{i - 5}") for i in range(5, 10)}
+    st = client.get(f"/v1/partnerships/{pair}/status", headers=tenants.a.headers("reader")).json()
+    assert [(s["population"], s["records"]) for s in st["mine"]] == [("customers", 10)]
+    assert [(s["population"], s["records"]) for s in st["partner"]] == [("customers", 10)]
+    assert st["mine"][0]["match_job"] == "done" and not st["normalizer_mismatch"]
+
+
+def test_resync_replaces_atomically_and_rematches(client, tenants, app, pair):
+    upload(client, tenants.a, pair, "customers", [[i] for i in range(10)])
+    upload(client, tenants.b, pair, "customers", [[i] for i in range(5, 15)])
+    wait_jobs(app)
+    first, _ = upload(
+        client, tenants.a, pair, "customers", [[i] for i in range(7, 12)], commit=False
+    )
+    # while the new list is staged, readers still see the old one in full
+    assert _count(app, matches) == 5
+    r = client.post(f"/v1/uploads/{first['id']}/commit", headers=tenants.a.headers("uploader"))
+    assert r.status_code == 200
+    wait_jobs(app)
+    assert match_pairs(app, pair) == {(f"r{i}", f"r{i + 7 - 5}") for i in range(5)}
+    with app.state.sessionmaker() as s:
+        statuses = sorted(
+            u.status
+            for u in s.execute(select(Upload).where(Upload.company_id == tenants.a.id)).scalars()
+        )
+    assert statuses == ["committed", "superseded"]
+    assert _count(app, records) == 5 + 10  # the superseded list's rows are gone
+
+
+def test_chunks_are_idempotent(client, tenants, pair):
+    chunk = ndjson([record("x1", [1]), record("x2", [2])])
+    h = tenants.a.headers("uploader")
+    up = client.post(
+        f"/v1/partnerships/{pair}/uploads",
+        headers=h,
+        json=manifest(client, tenants.a, pair, "customers", [chunk], 2),
+    ).json()
+    url = f"/v1/uploads/{up['id']}/chunks/0"
+    first = client.put(url, content=chunk, headers={**h, **CT}).json()
+    again = client.put(url, content=chunk, headers={**h, **CT}).json()
+    assert not first["duplicate"] and again["duplicate"] and again["sha256"] == first["sha256"]
+    other = ndjson([record("x1", [3]), record("x2", [2])])
+    r = client.put(url, content=other, headers={**h, **CT})
+    assert r.status_code == 409 and "different content" in r.json()["detail"]
+    got = client.get(f"/v1/uploads/{up['id']}", headers=h).json()
+    assert got["received_chunks"] == [0] and got["received_records"] == 2
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field", "needle"),
+    [
+        (
+            lambda r: r["tokens"][0].update(value=b64(b"x" * 15)),
+            "tokens[0].value",
+            "exactly 16 bytes",
+        ),
+        (
+            lambda r: r["tokens"][0].update(value="acme.com"),
+            "tokens[0].value",
+            "looks like plaintext",
+        ),
+        (
+            lambda r: r["tokens"][0].update(value="bob@acme.com"),
+            "tokens[0].value",
+            "looks like plaintext",
+        ),
+        (lambda r: r.update(ref="acme.com"), "ref", "looks like plaintext"),
+        (lambda r: r.update(ref="x" * 65), "ref", "longer than 64"),
+        (
+            lambda r: r.update(
+                tokens=[{"kind": "domain", "value": b64(bytes([i]) * 16)} for i in range(9)]
+            ),
+            "tokens",
+            "more than 8",
+        ),
+        (lambda r: r.update(tokens=[]), "tokens", "non-empty"),
+        (lambda r: r["tokens"][0].update(kind="name"), "tokens[0].kind", "token kinds"),
+        (lambda r: r.update(self=b64(b"x" * 5000)), "self", "over the limit of 4096"),
+        (lambda r: r.update(self=b64(b"x" * 10)), "self", "too short"),
+        (lambda r: r.update(partner=b64(b"x" * 40)), "partner", "no sealed fields"),
+        (lambda r: r.update(extra=1), "extra", "unknown field"),
+    ],
+)
+def test_bad_records_are_rejected_naming_line_and_field(
+    client, tenants, pair, mutate, field, needle
+):
+    recs = [record("ok1", [1]), record("ok2", [2])]
+    mutate(recs[1])
+    chunk = ndjson(recs)
+    h = tenants.a.headers("uploader")
+    up = client.post(
+        f"/v1/partnerships/{pair}/uploads",
+        headers=h,
+        json=manifest(client, tenants.a, pair, "customers", [chunk], 2),
+    ).json()
+    r = client.put(f"/v1/uploads/{up['id']}/chunks/0", content=chunk, headers={**h, **CT})
+    assert r.status_code == 422, r.text
+    err = r.json()["errors"][0]
+    assert err["line"] == 2 and err["field"] == field and needle in err["message"], err
+    # nothing of the rejected chunk was stored
+    assert client.get(f"/v1/uploads/{up['id']}", headers=h).json()["received_chunks"] == []
+
+
+def test_commit_verifies_chunks_count_and_digest(client, tenants, pair):
+    h = tenants.a.headers("uploader")
+    c0, c1 = ndjson([record("a", [1])]), ndjson([record("b", [2])])
+    up = client.post(
+        f"/v1/partnerships/{pair}/uploads",
+        headers=h,
+        json=manifest(client, tenants.a, pair, "customers", [c0, c1], 2),
+    ).json()
+    client.put(f"/v1/uploads/{up['id']}/chunks/0", content=c0, headers={**h, **CT})
+    r = client.post(f"/v1/uploads/{up['id']}/commit", headers=h)
+    assert r.status_code == 409 and r.json()["missing_chunks"] == [1]
+    assert (
+        client.put(f"/v1/uploads/{up['id']}/chunks/2", content=c1, headers={**h, **CT}).status_code
+        == 422
+    )
+    # a different chunk 1 than announced: the digest catches it
+    client.put(
+        f"/v1/uploads/{up['id']}/chunks/1", content=ndjson([record("b", [3])]), headers={**h, **CT}
+    )
+    r = client.post(f"/v1/uploads/{up['id']}/commit", headers=h)
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "digest"
+    # wrong count
+    up2 = client.post(
+        f"/v1/partnerships/{pair}/uploads",
+        headers=h,
+        json=manifest(client, tenants.a, pair, "customers", [c0], 5),
+    ).json()
+    client.put(f"/v1/uploads/{up2['id']}/chunks/0", content=c0, headers={**h, **CT})
+    r = client.post(f"/v1/uploads/{up2['id']}/commit", headers=h)
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "record_count"
+
+
+def test_duplicate_ref_across_chunks(client, tenants, pair):
+    h = tenants.a.headers("uploader")
+    c0, c1 = ndjson([record("same", [1])]), ndjson([record("same", [2])])
+    up = client.post(
+        f"/v1/partnerships/{pair}/uploads",
+        headers=h,
+        json=manifest(client, tenants.a, pair, "customers", [c0, c1], 2),
+    ).json()
+    assert (
+        client.put(f"/v1/uploads/{up['id']}/chunks/0", content=c0, headers={**h, **CT}).status_code
+        == 200
+    )
+    r = client.put(f"/v1/uploads/{up['id']}/chunks/1", content=c1, headers={**h, **CT})
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "ref"
+
+
+def test_manifest_guards(client, tenants, pair, app):
+    h = tenants.a.headers("uploader")
+    base = manifest(client, tenants.a, pair, "customers", [b"x"], 1)
+    cases = [
+        ({"key_epochs": {"mine": 0, "partner": 1}}, 409, "rotated"),
+        ({"sealed_fields": ["name", "revenue"]}, 422, "revenue"),
+        ({"record_count": 10_000_000, "chunk_count": 1000}, 413, "population size cap"),
+        ({"population": "nope"}, 404, "nope"),
+        ({"token_kinds": ["name"]}, 422, "domain"),
+        ({"chunk_count": 0}, 422, "chunks cannot hold"),
+    ]
+    for over, status, needle in cases:
+        r = client.post(f"/v1/partnerships/{pair}/uploads", headers=h, json={**base, **over})
+        assert r.status_code == status and needle in r.text, (over, r.text)
+    r = client.post(
+        f"/v1/partnerships/{pair}/uploads", headers=tenants.a.headers("reader"), json=base
+    )
+    assert r.status_code == 403
+
+
+def test_shrink_and_empty_replacement_need_confirmation(client, tenants, pair):
+    upload(client, tenants.a, pair, "customers", [[i] for i in range(10)])
+    _, r = upload(client, tenants.a, pair, "customers", [[i] for i in range(4)])
+    assert r.status_code == 409 and "confirm_shrink" in r.json()["detail"]
+    _, r = upload(client, tenants.a, pair, "customers", [[i] for i in range(6)])
+    assert r.status_code == 200  # 40% smaller is within the default 50%
+    empty_up = client.post(
+        f"/v1/partnerships/{pair}/uploads",
+        headers=tenants.a.headers("uploader"),
+        json=manifest(client, tenants.a, pair, "customers", [], 0),
+    ).json()
+    r = client.post(f"/v1/uploads/{empty_up['id']}/commit", headers=tenants.a.headers("uploader"))
+    assert r.status_code == 409
+    _, r = upload(client, tenants.a, pair, "customers", [], confirm_shrink=True)
+    assert r.status_code == 200 and r.json()["record_count"] == 0
+
+
+def test_daily_commit_limit(client, tenants, pair, app):
+    from fastapi.testclient import TestClient
+
+    from service.config import Settings
+    from service.main import create_app
+    from tests.conftest import TEST_SECRET
+
+    strict = Settings(
+        env="test",
+        secret_key=TEST_SECRET,
+        database_url=app.state.settings.database_url,
+        max_commits_per_day=2,
+        embedded_worker=False,
+    )
+    with TestClient(create_app(strict)) as c:
+        for _ in range(2):
+            assert upload(c, tenants.a, pair, "customers", [[1], [2]])[1].status_code == 200
+        _, r = upload(c, tenants.a, pair, "customers", [[1], [2]])
+        assert r.status_code == 429 and int(r.headers["retry-after"]) > 0
+        assert "limit is 2" in r.json()["detail"]
+
+
+def test_abort_and_reap(client, tenants, pair, app):
+    from service.upload import service as uploads
+
+    up, _ = upload(client, tenants.a, pair, "customers", [[1], [2]], commit=False)
+    assert (
+        client.delete(f"/v1/uploads/{up['id']}", headers=tenants.a.headers("uploader")).status_code
+        == 204
+    )
+    assert (
+        client.get(f"/v1/uploads/{up['id']}", headers=tenants.a.headers("uploader")).json()[
+            "status"
+        ]
+        == "aborted"
+    )
+    up2, _ = upload(client, tenants.a, pair, "customers", [[1], [2]], commit=False)
+    assert _count(app, records) == 2
+    with app.state.sessionmaker.begin() as s:
+        s.execute(update(Upload).values(created_at=utcnow() - timedelta(days=2)))
+    with app.state.sessionmaker.begin() as s:
+        assert uploads.reap(s, app.state.settings) == 1
+    assert _count(app, records) == 0 and _count(app, tokens) == 0
+    r = client.put(
+        f"/v1/uploads/{up2['id']}/chunks/0",
+        content=b"",
+        headers={**tenants.a.headers("uploader"), **CT},
+    )
+    assert r.status_code == 409
+
+
+def test_normalizer_mismatch_is_not_matched_and_reported(client, tenants, app, pair):
+    upload(client, tenants.a, pair, "customers", [[1], [2]])
+    upload(client, tenants.b, pair, "customers", [[1], [2]], normalizer_version="n0-old")
+    wait_jobs(app)
+    assert match_pairs(app, pair) == set()
+    st = client.get(f"/v1/partnerships/{pair}/status", headers=tenants.b.headers()).json()
+    assert st["normalizer_mismatch"] and "n0-old" in st["warnings"][0]
+
+
+def test_partner_hidden_population_is_not_in_status(client, tenants, app, pair):
+    client.post(
+        "/v1/populations", json={"slug": "secret", "kind": "prospects"}, headers=tenants.a.headers()
+    )
+    upload(client, tenants.a, pair, "secret", [[1]])
+    st = client.get(f"/v1/partnerships/{pair}/status", headers=tenants.b.headers()).json()
+    assert "secret" not in str(st)
+    mine = client.get(f"/v1/partnerships/{pair}/status", headers=tenants.a.headers()).json()
+    assert [s["population"] for s in mine["mine"]] == ["secret"]
+
+
+def test_end_deletes_uploads_and_matches(client, tenants, app, pair):
+    upload(client, tenants.a, pair, "customers", [[i] for i in range(10)])
+    upload(client, tenants.b, pair, "customers", [[i] for i in range(5, 15)])
+    wait_jobs(app)
+    r = client.post(f"/v1/partnerships/{pair}/end", headers=tenants.a.headers())
+    deleted = r.json()["deleted"]
+    assert deleted["records"] == 20 and deleted["tokens"] == 20 and deleted["matches"] == 5
+    assert deleted["uploads"] == 2
+    for table in (records, tokens, matches):
+        assert _count(app, table, partnership_id=uuid.UUID(pair)) == 0
+
+
+def test_population_delete_removes_its_uploads(client, tenants, app, pair):
+    upload(client, tenants.a, pair, "customers", [[1], [2]])
+    assert (
+        client.delete("/v1/populations/customers", headers=tenants.a.headers()).status_code == 204
+    )
+    assert _count(app, records) == 0 and _count(app, tokens) == 0
+
+
+def test_failed_job_is_retried_and_a_dead_workers_job_reclaimed(client, tenants, app, pair):
+    from service import jobs
+
+    calls = []
+    real = jobs.HANDLERS["match"]
+
+    def flaky(session, job):
+        calls.append(job.id)
+        if len(calls) == 1:
+            raise RuntimeError("transient")
+        real(session, job)
+
+    jobs.HANDLERS["match"] = flaky
+    try:
+        settings = app.state.settings.model_copy(update={"job_max_attempts": 3})
+        upload(client, tenants.a, pair, "customers", [[1]])
+        app.state.worker.stop()  # run jobs by hand from here on
+        jobs.drain(app.state.sessionmaker, settings)
+        with app.state.sessionmaker.begin() as s:
+            job = s.execute(select(Job)).scalar_one()
+            if job.status == "queued":  # the first attempt failed and is waiting its backoff
+                job.run_after = job.created_at
+        jobs.drain(app.state.sessionmaker, settings)
+        with app.state.sessionmaker() as s:
+            job = s.execute(select(Job)).scalar_one()
+            assert job.status == "done" and job.attempts >= 2
+        # a job stuck in 'running' by a worker that died is claimed again after the lease
+        with app.state.sessionmaker.begin() as s:
+            job = s.execute(select(Job)).scalar_one()
+            job.status, job.locked_by = "running", "dead-worker"
+            job.locked_at = job.created_at - timedelta(hours=1)
+        assert jobs.drain(app.state.sessionmaker, settings) == 1
+    finally:
+        jobs.HANDLERS["match"] = real
