@@ -1,0 +1,1136 @@
+"""`blindmap sync`: from a CRM export (CSV) to committed uploads, one per partnership.
+
+Pipeline, per DESIGN §3 and docs/protocol.md §8:
+
+1. :func:`read_accounts` streams the CSV once (UTF-8 with or without BOM, CRLF, quoted
+   newlines), maps its columns (Salesforce and HubSpot headers are recognised; a
+   column map overrides), splits it into populations, normalizes the website to a
+   domain key and drops rows without one, and duplicates, each with a reason and its
+   line number. Nothing here touches the network.
+2. :func:`build_upload` turns one population's accounts into NDJSON chunks for one
+   partnership: pseudonymous ref, domain (and name) tokens, a self-sealed copy of id,
+   name and domain, and a partner-sealed payload of exactly the fields the policy
+   allows. Only tokens, refs and ciphertext are written.
+3. :func:`sync` does the rest against the escrow: for each active partnership it stages
+   the chunks on disk (they must all exist before the manifest, which carries their
+   digest), creates the upload, sends the chunks the escrow does not hold yet, commits.
+
+Resume: staged chunks live in ``<key file dir>/uploads/<partnership>-<population>/``
+(0700 directory, 0600 files) with a small ``state.json`` naming the upload id, the
+digest and a fingerprint of everything that determines the chunk bytes except the
+random nonces (input file hash, options, policy fields, key epochs, public keys,
+normalizer version). A later run whose fingerprint matches reuses those exact chunk
+bytes and the same upload id, sending only the chunks missing from the escrow's
+``received_chunks``; any other run aborts the old staged upload and starts afresh. The
+directory is deleted once the upload is committed.
+
+Memory: the accounts that survive reading are held once (a compact tuple per row, with
+repeated categorical values shared); chunks are built one at a time and written to the
+staging directory, never all held together.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import io
+import json
+import os
+import re
+import shlex
+import shutil
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
+
+from blindmap import crypto, normalize, protocol
+from blindmap._errors import (
+    APIConnectionError,
+    BlindmapError,
+    ConflictError,
+    InternalServerError,
+    NotFoundError,
+)
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    from blindmap._client import Client
+    from blindmap.policy import Policy
+
+__all__ = [
+    "CANONICAL_FIELDS",
+    "DEFAULT_CHUNK_SIZE",
+    "HEADER_ALIASES",
+    "MAX_CHUNK_BYTES",
+    "SKIP_REASONS",
+    "Account",
+    "Chunk",
+    "ProgressEvent",
+    "ReadResult",
+    "Skipped",
+    "SyncError",
+    "SyncInputError",
+    "SyncReport",
+    "UnknownPartnerError",
+    "UploadResult",
+    "build_upload",
+    "guess_population_kind",
+    "parse_mapping",
+    "read_accounts",
+    "sync",
+    "upload_digest",
+]
+
+DEFAULT_CHUNK_SIZE: Final = 10_000
+MAX_CHUNK_BYTES: Final = 4 * 1024 * 1024
+"""A chunk closes at this size even below `chunk_size` records (the escrow takes 8 MiB)."""
+_TRANSIENT_ROUNDS: Final = 5
+_STATE_VERSION: Final = 1
+
+CANONICAL_FIELDS: Final = (
+    "id",
+    "name",
+    "website",
+    "owner",
+    "owner_email",
+    "stage",
+    "type",
+    "industry",
+    "country",
+)
+"""Columns `sync` understands (`--column-map` keys). Sealable fields are these plus
+`domain` (the normalized domain key)."""
+
+# Header spellings, compared lowercased with everything but letters and digits removed.
+# Order matters: earlier aliases win; for `website` every present alias is a fallback in
+# this order (HubSpot's cleaned "Company Domain Name" first, then its "Website URL").
+HEADER_ALIASES: Final[dict[str, tuple[str, ...]]] = {
+    "id": ("accountid", "recordid", "companyid", "hsobjectid", "id", "accountnumber"),
+    "name": ("accountname", "companyname", "name", "company", "account", "organization"),
+    "website": (
+        "companydomainname",
+        "website",
+        "websiteurl",
+        "companywebsite",
+        "domain",
+        "domainname",
+        "url",
+        "webaddress",
+        "web",
+    ),
+    "owner": ("accountowner", "companyowner", "owner", "ownername", "accountownername"),
+    "owner_email": ("accountowneremail", "owneremail", "companyowneremail", "ownerdotemail"),
+    "stage": ("stage", "opportunitystage", "stagename", "dealstage", "lifecyclestage"),
+    "type": ("type", "accounttype", "companytype"),
+    "industry": ("industry",),
+    "country": ("billingcountry", "country", "countryregion", "billingcountryregion"),
+}
+
+SkipReasonName = str
+SKIP_REASONS: Final = (
+    "no-website",
+    *(r for r in normalize.SKIP_REASONS if r != "empty"),
+    "duplicate",
+    "duplicate-id",
+    "unmapped-population",
+)
+"""Why a row is not uploaded: no website cell, a normalizer reason (free-mail, platform,
+...), the same domain (or the same id) earlier in the same population, or (with
+`population_column`) a value the population map does not name."""
+
+
+class SyncError(BlindmapError):
+    """`sync` cannot proceed (key mismatch, no partnership to sync with, ...)."""
+
+
+class UnknownPartnerError(SyncError):
+    """A partner named on the command line has no active partnership with us."""
+
+
+class SyncInputError(SyncError):
+    """The input file cannot be read: the message starts with ``path:line:``."""
+
+    def __init__(self, path: str | os.PathLike[str], line: int | None, message: str) -> None:
+        self.path = str(path)
+        self.line = line
+        self.reason = message
+        where = f"{self.path}:{line}" if line is not None else self.path
+        super().__init__(f"{where}: {message}")
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class Account(NamedTuple):
+    """One row kept for upload. `values` align with `ReadResult.field_names`."""
+
+    line: int
+    local_id: str
+    name: str
+    domain: str
+    values: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """A row not uploaded. `row` (the raw cells) is kept only when asked for."""
+
+    line: int
+    reason: str
+    population: str | None
+    detail: str = ""
+    row: tuple[str, ...] | None = None
+
+
+@dataclass
+class ReadResult:
+    """What :func:`read_accounts` found in a file."""
+
+    path: Path
+    header: list[str]
+    columns: dict[str, list[str]]
+    """Canonical field → the header(s) read for it (website may have fallbacks)."""
+    field_names: tuple[str, ...]
+    """Names of `Account.values`: the optional canonical fields present in the file."""
+    accounts: dict[str, list[Account]]
+    skipped: list[Skipped]
+    rows_read: int
+    input_sha256: str
+    options: dict[str, Any]
+
+    @property
+    def skipped_counts(self) -> Counter[str]:
+        return Counter(s.reason for s in self.skipped)
+
+    @property
+    def populations(self) -> list[str]:
+        return list(self.accounts)
+
+    def available_fields(self) -> tuple[str, ...]:
+        """Fields a policy may ask to seal that this file can supply."""
+        out = ["domain"]
+        if "id" in self.columns:
+            out.append("id")
+        if "name" in self.columns:
+            out.append("name")
+        out.extend(self.field_names)
+        return tuple(out)
+
+
+def _header_key(text: str) -> str:
+    return re.sub(r"[^0-9a-z]", "", text.casefold())
+
+
+def parse_mapping(text: str | None, *, what: str = "mapping") -> dict[str, str]:
+    """Parse ``a=B,c="D E"`` (shell-style quotes) into ``{"a": "B", "c": "D E"}``."""
+    if not text:
+        return {}
+    lexer = shlex.shlex(text, posix=True)
+    lexer.whitespace = ","
+    lexer.whitespace_split = True
+    lexer.commenters = ""
+    out: dict[str, str] = {}
+    try:
+        items = list(lexer)
+    except ValueError as exc:
+        raise SyncError(f"bad {what} {text!r}: {exc}") from None
+    for item in items:
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key:
+            raise SyncError(f"bad {what} entry {item!r}: expected KEY=VALUE")
+        if key in out:
+            raise SyncError(f"{what} names {key!r} twice")
+        out[key] = value
+    return out
+
+
+def _detect_columns(
+    header: list[str], column_map: Mapping[str, str], path: Path
+) -> dict[str, list[int]]:
+    """Canonical field → column indexes (website may have several, in priority order)."""
+    unknown = sorted(set(column_map) - set(CANONICAL_FIELDS))
+    if unknown:
+        raise SyncError(
+            f"--column-map: unknown field(s) {', '.join(unknown)}; "
+            f"known: {', '.join(CANONICAL_FIELDS)}"
+        )
+    exact = {h: i for i, h in reversed(list(enumerate(header)))}
+    by_key: dict[str, int] = {}
+    for i, h in enumerate(header):
+        by_key.setdefault(_header_key(h), i)
+    out: dict[str, list[int]] = {}
+    used: set[int] = set()
+    for fld, col in column_map.items():
+        idx = exact.get(col)
+        if idx is None:
+            idx = by_key.get(_header_key(col))
+        if idx is None:
+            raise SyncInputError(
+                path,
+                1,
+                f"--column-map {fld}={col!r}: no such column; the header has: "
+                + ", ".join(repr(h) for h in header),
+            )
+        out[fld] = [idx]
+        used.add(idx)
+    for fld, aliases in HEADER_ALIASES.items():
+        if fld in out:
+            continue
+        found = [by_key[a] for a in aliases if a in by_key and by_key[a] not in used]
+        found = list(dict.fromkeys(found))
+        if not found:
+            continue
+        out[fld] = found if fld == "website" else found[:1]
+        used.update(out[fld])
+    return out
+
+
+class _HashingLines:
+    """Binary lines of a file → decoded text lines, hashing the bytes, counting lines."""
+
+    def __init__(self, raw: io.BufferedReader, path: Path) -> None:
+        self._raw = raw
+        self._path = path
+        self.sha = hashlib.sha256()
+        self.physical = 0
+
+    def __iter__(self) -> Iterator[str]:
+        update = self.sha.update
+        first = True
+        for chunk in self._raw:
+            self.physical += 1
+            update(chunk)
+            if first:
+                first = False
+                if chunk.startswith((b"\xff\xfe", b"\xfe\xff")):
+                    raise SyncInputError(
+                        self._path, 1, "the file is UTF-16; export or save it as 'CSV UTF-8'"
+                    )
+                if chunk.startswith(b"\xef\xbb\xbf"):
+                    chunk = chunk[3:]
+            try:
+                yield chunk.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise SyncInputError(
+                    self._path,
+                    self.physical,
+                    f"not UTF-8 (byte 0x{chunk[exc.start]:02x} at column {exc.start + 1}); "
+                    "export or save the file as 'CSV UTF-8'",
+                ) from None
+
+
+def _sniff_delimiter(first_line: str) -> str:
+    counts = {d: first_line.count(d) for d in (",", ";", "\t")}
+    best = max(counts, key=lambda d: counts[d])
+    return best if counts[best] else ","
+
+
+def read_accounts(
+    path: str | os.PathLike[str],
+    *,
+    column_map: Mapping[str, str] | None = None,
+    population: str | None = None,
+    population_column: str | None = None,
+    population_map: Mapping[str, str] | None = None,
+    keep_skipped_rows: bool = False,
+    progress: Callable[[ProgressEvent], None] | None = None,
+) -> ReadResult:
+    """Read a CRM export into normalized accounts per population (no network).
+
+    Give either `population` (the whole file is one population) or `population_column`
+    with `population_map` (cell value → population slug, compared case-insensitively;
+    rows with other values are skipped as `unmapped-population`).
+
+    Raises :class:`SyncInputError` (``path:line: ...``) for undecodable bytes, a row
+    with the wrong number of cells, a missing website column, and the like.
+    """
+    p = Path(path)
+    if (population is None) == (population_column is None):
+        raise SyncError("give exactly one of: a population, or a population column with a map")
+    if population is not None:
+        _check_slug(population, "population")
+    pop_map: dict[str, str] = {}
+    if population_column is not None:
+        if not population_map:
+            raise SyncError("--population-column needs --map 'Value=population,...'")
+        for value, slug in population_map.items():
+            _check_slug(slug, f"--map {value}=")
+            pop_map[value.strip().casefold()] = slug
+    cmap = dict(column_map or {})
+    try:
+        raw = p.open("rb")
+    except OSError as exc:
+        raise SyncInputError(p, None, exc.strerror or str(exc)) from None
+    with raw:
+        lines = _HashingLines(raw, p)
+        it = iter(lines)
+        try:
+            first = next(it)
+        except StopIteration:
+            raise SyncInputError(p, 1, "the file is empty (expected a header row)") from None
+
+        def chained() -> Iterator[str]:
+            yield first
+            yield from it
+
+        reader = csv.reader(chained(), delimiter=_sniff_delimiter(first), strict=True)
+        try:
+            header = next(reader)
+        except csv.Error as exc:
+            raise SyncInputError(p, 1, f"bad header row: {exc}") from None
+        header = [h.strip() for h in header]
+        if not any(header):
+            raise SyncInputError(p, 1, "the first row is empty (expected a header row)")
+        cols = _detect_columns(header, cmap, p)
+        if "website" not in cols:
+            raise SyncInputError(
+                p,
+                1,
+                "no website column found (looked for Website, Website URL, Company Domain "
+                'Name, Domain, URL); name it with --column-map website="<column>". '
+                "The header has: " + ", ".join(repr(h) for h in header),
+            )
+        pop_idx: int | None = None
+        if population_column is not None:
+            pop_idx = _column_index(header, population_column)
+            if pop_idx is None:
+                raise SyncInputError(
+                    p,
+                    1,
+                    f"--population-column {population_column!r}: no such column; the "
+                    "header has: " + ", ".join(repr(h) for h in header),
+                )
+        web_idx = cols["website"]
+        id_idx = cols["id"][0] if "id" in cols else None
+        name_idx = cols["name"][0] if "name" in cols else None
+        field_names = tuple(f for f in CANONICAL_FIELDS[2:] if f in cols)
+        value_idx = [cols[f][0] for f in field_names]
+        # Equal values of low-cardinality columns (stage, country, owner...) share one
+        # string object: a million rows then cost a pointer per cell, not a string.
+        shared: dict[str, str] = {}
+        share = shared.setdefault
+        share_pos = [j for j, f in enumerate(field_names) if f != "website"]
+        width = len(header)
+        accounts: dict[str, list[Account]] = {}
+        if population is not None:
+            accounts[population] = []
+        seen_domain: dict[str, set[str]] = {}
+        seen_id: dict[str, set[str]] = {}
+        skipped: list[Skipped] = []
+        rows = 0
+        prev_line = reader.line_num
+        domain_with_reason = normalize.domain_with_reason
+        try:
+            for row in reader:
+                line = prev_line + 1
+                prev_line = reader.line_num
+                if not row or (len(row) == 1 and not row[0].strip()):
+                    continue  # blank line
+                if len(row) != width:
+                    raise SyncInputError(
+                        p,
+                        line,
+                        f"expected {width} cells as in the header, found {len(row)}"
+                        " (a stray delimiter or an unclosed quote?)",
+                    )
+                rows += 1
+                if progress is not None and rows % 10_000 == 0:
+                    progress(ProgressEvent("read", rows))
+                keep = tuple(row) if keep_skipped_rows else None
+                if pop_idx is not None:
+                    cell = row[pop_idx].strip()
+                    pop = pop_map.get(cell.casefold())
+                    if pop is None:
+                        skipped.append(Skipped(line, "unmapped-population", None, cell, keep))
+                        continue
+                else:
+                    assert population is not None
+                    pop = population
+                # the first website column that yields a domain, else the first reason
+                dom: str | None = None
+                reason: str | None = None
+                for i in web_idx:
+                    norm = domain_with_reason(row[i])
+                    if norm.value is not None:
+                        dom = norm.value
+                        break
+                    if reason is None or (reason == "empty" and norm.reason != "empty"):
+                        reason = norm.reason
+                if dom is None:
+                    r = "no-website" if reason in (None, "empty") else reason
+                    skipped.append(Skipped(line, r, pop, "", keep))
+                    continue
+                local_id = row[id_idx].strip() if id_idx is not None else ""
+                if not local_id:
+                    local_id = dom
+                doms = seen_domain.setdefault(pop, set())
+                if dom in doms:
+                    skipped.append(Skipped(line, "duplicate", pop, "", keep))
+                    continue
+                ids = seen_id.setdefault(pop, set())
+                if local_id in ids:
+                    skipped.append(Skipped(line, "duplicate-id", pop, "", keep))
+                    continue
+                doms.add(dom)
+                ids.add(local_id)
+                vals = [row[i].strip() for i in value_idx]
+                for j in share_pos:
+                    vals[j] = share(vals[j], vals[j])
+                values = tuple(vals)
+                nm = row[name_idx].strip() if name_idx is not None else ""
+                accounts.setdefault(pop, []).append(Account(line, local_id, nm, dom, values))
+        except csv.Error as exc:
+            raise SyncInputError(p, reader.line_num, f"malformed CSV: {exc}") from None
+        # finish hashing any bytes after a trailing blank line the reader did not ask for
+        for _ in it:
+            pass
+    if progress is not None:
+        progress(ProgressEvent("read", rows, rows))
+    return ReadResult(
+        path=p,
+        header=header,
+        columns={f: [header[i] for i in idx] for f, idx in cols.items()},
+        field_names=field_names,
+        accounts=accounts,
+        skipped=skipped,
+        rows_read=rows,
+        input_sha256=lines.sha.hexdigest(),
+        options={
+            "column_map": dict(sorted(cmap.items())),
+            "population": population,
+            "population_column": population_column,
+            "population_map": dict(sorted(pop_map.items())),
+        },
+    )
+
+
+def _column_index(header: list[str], name: str) -> int | None:
+    if name in header:
+        return header.index(name)
+    key = _header_key(name)
+    for i, h in enumerate(header):
+        if _header_key(h) == key:
+            return i
+    return None
+
+
+_SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def _check_slug(slug: str, what: str) -> None:
+    if not _SLUG.fullmatch(slug):
+        raise SyncError(
+            f"{what} {slug!r} is not a population slug (lowercase letters, digits, '-')"
+        )
+
+
+# --------------------------------------------------------------------------- building
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """One NDJSON chunk body, ready to PUT as chunk `n`."""
+
+    n: int
+    body: bytes
+    records: int
+    sha256: bytes  # raw 32-byte digest of `body`
+
+
+def upload_digest(chunk_digests: Iterable[bytes]) -> str:
+    """Manifest digest: SHA-256 over the raw SHA-256 digests of the chunks, in order."""
+    h = hashlib.sha256()
+    for d in chunk_digests:
+        if len(d) != 32:
+            raise ValueError("chunk digests are raw 32-byte SHA-256 values")
+        h.update(d)
+    return h.hexdigest()
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _value_getter(pos: int) -> Callable[[Account], str | None]:
+    def get(a: Account) -> str | None:
+        return a.values[pos] or None
+
+    return get
+
+
+def build_upload(
+    read: ReadResult,
+    population: str,
+    *,
+    keys: crypto.PartnershipKeys,
+    self_key: bytes,
+    sealed_fields: Sequence[str],
+    token_kinds: Sequence[str] = ("domain",),
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    max_chunk_bytes: int = MAX_CHUNK_BYTES,
+) -> Iterator[Chunk]:
+    """NDJSON chunks of one population's records for one partnership (docs/protocol.md §8).
+
+    A record's line is ``{"ref":…,"tokens":[{"kind":…,"value":…}],"self":…,"partner":…}``
+    with base64url (no padding) bytes; `partner` is null when `sealed_fields` is empty.
+    Chunks close at `chunk_size` records or `max_chunk_bytes` bytes.
+    """
+    if chunk_size < 1:
+        raise ValueError("chunk_size must be at least 1")
+    kinds = list(dict.fromkeys(token_kinds))
+    if "domain" not in kinds or not set(kinds) <= set(crypto.TOKEN_KINDS):
+        raise ValueError(f"token kinds must include 'domain' and be among {crypto.TOKEN_KINDS}")
+    available = read.available_fields()
+    extra = [f for f in sealed_fields if f not in available]
+    if extra:
+        raise ValueError(f"cannot seal field(s) the file does not have: {', '.join(extra)}")
+    pid = keys.partnership_id
+    accounts = read.accounts.get(population, [])
+    refs = crypto.RefMaker(self_key, pid)
+    dom_tok = keys.tokenizer("domain")
+    name_tok = keys.tokenizer("name") if "name" in kinds else None
+    self_sealer = crypto.Sealer(self_key)
+    partner_sealer = keys.sealer() if sealed_fields else None
+    value_pos = {f: i for i, f in enumerate(read.field_names)}
+    getters: list[tuple[str, Callable[[Account], str | None]]] = []
+    for f in sorted(set(sealed_fields)):
+        if f == "domain":
+            getters.append((f, lambda a: a.domain))
+        elif f == "id":
+            getters.append((f, lambda a: a.local_id))
+        elif f == "name":
+            getters.append((f, lambda a: a.name or None))
+        else:
+            getters.append((f, _value_getter(value_pos[f])))
+    # bound methods and module functions hoisted out of the per-record loop
+    self_seal, p_aad, s_aad = self_sealer.seal, crypto.partner_aad, crypto.self_aad
+    name_key = normalize.name
+
+    def lines(batch: Sequence[Account]) -> list[bytes]:
+        brefs = refs.refs(a.local_id for a in batch)
+        dtoks = dom_tok.tokens(a.domain for a in batch)
+        out: list[bytes] = []
+        names: list[str | None] = []
+        ntoks: list[bytes | None] = []
+        if name_tok is not None:
+            names = [name_key(a.name) for a in batch]
+            present = [n for n in names if n]
+            toks = iter(name_tok.tokens(present))
+            ntoks = [next(toks) if n else None for n in names]
+        for i, a in enumerate(batch):
+            ref = brefs[i]
+            tokens = '{"kind":"domain","value":"' + _b64(dtoks[i]) + '"}'
+            if ntoks and ntoks[i] is not None:
+                tokens += ',{"kind":"name","value":"' + _b64(ntoks[i] or b"") + '"}'
+            mine = {
+                "domain": a.domain,
+                "id": a.local_id,
+                "name": a.name or None,
+                "population": population,
+            }
+            s = _b64(self_seal(s_aad(pid, ref), mine))
+            if partner_sealer is not None:
+                fields = {f: get(a) for f, get in getters}
+                partner = '"' + _b64(partner_sealer.seal(p_aad(pid, ref), fields)) + '"'
+            else:
+                partner = "null"
+            out.append(
+                f'{{"ref":"{ref}","tokens":[{tokens}],"self":"{s}","partner":{partner}}}\n'.encode(
+                    "ascii"
+                )
+            )
+        return out
+
+    n = 0
+    buf: list[bytes] = []
+    size = 0
+    batch_size = min(chunk_size, 2_000)
+    for start in range(0, len(accounts), batch_size):
+        for line in lines(accounts[start : start + batch_size]):
+            if buf and (len(buf) >= chunk_size or size + len(line) > max_chunk_bytes):
+                body = b"".join(buf)
+                yield Chunk(n, body, len(buf), hashlib.sha256(body).digest())
+                n += 1
+                buf, size = [], 0
+            buf.append(line)
+            size += len(line)
+    if buf:
+        body = b"".join(buf)
+        yield Chunk(n, body, len(buf), hashlib.sha256(body).digest())
+
+
+# --------------------------------------------------------------------------- escrow side
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressEvent:
+    """`stage` is read (rows), build (records), send (chunks) or commit."""
+
+    stage: Literal["read", "build", "send", "commit"]
+    done: int
+    total: int | None = None
+    partner: str | None = None
+    population: str | None = None
+
+
+@dataclass
+class UploadResult:
+    partner: str
+    partnership_id: str
+    population: str
+    records: int
+    chunks: int
+    token_kinds: list[str]
+    sealed_fields: list[str]
+    status: str  # committed, dry-run, unchanged
+    upload_id: str | None = None
+    resumed: bool = False
+    bytes: int = 0
+
+
+@dataclass
+class SyncReport:
+    path: str
+    rows_read: int
+    populations: dict[str, int]
+    skipped: dict[str, int]
+    uploads: list[UploadResult] = field(default_factory=list)
+    created_populations: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    dry_run: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "dry_run": self.dry_run,
+            "rows_read": self.rows_read,
+            "populations": dict(self.populations),
+            "skipped": dict(sorted(self.skipped.items())),
+            "uploads": [vars(u).copy() for u in self.uploads],
+            "created_populations": list(self.created_populations),
+            "warnings": list(self.warnings),
+        }
+
+
+def guess_population_kind(slug: str) -> protocol.PopulationKind:
+    """A population kind from its name: customers, opportunities, prospects, partners."""
+    s = slug.lower()
+    K = protocol.PopulationKind
+    for words, kind in (
+        (("customer", "client", "account"), K.customers),
+        (("opportunit", "pipeline", "deal", "opp"), K.opportunities),
+        (("prospect", "lead", "target"), K.prospects),
+        (("partner", "reseller"), K.partners),
+    ):
+        if any(w in s for w in words):
+            return kind
+    return K.other
+
+
+def default_state_dir(key_file: str | os.PathLike[str] | None = None) -> Path:
+    """``uploads/`` beside the key file: where staged uploads wait to be resumed."""
+    from blindmap import keyfile
+
+    base = Path(key_file).expanduser() if key_file else keyfile.default_key_path()
+    return base.parent / "uploads"
+
+
+def _private_dir(path: Path) -> None:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if os.name == "posix":
+        os.chmod(path, 0o700)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+class _Staging:
+    """A staged upload's chunk files and state, in one private directory."""
+
+    def __init__(self, root: Path, partnership_id: uuid.UUID, population: str) -> None:
+        self.dir = root / f"{partnership_id}-{population}"
+        self.state_path = self.dir / "state.json"
+
+    def chunk_path(self, n: int) -> Path:
+        return self.dir / f"chunk-{n:06d}.ndjson"
+
+    def load(self) -> dict[str, Any] | None:
+        try:
+            data = json.loads(self.state_path.read_text("utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(data, dict) or data.get("version") != _STATE_VERSION:
+            return None
+        return data
+
+    def save(self, state: dict[str, Any]) -> None:
+        _private_dir(self.dir)
+        _write_private(self.state_path, json.dumps(state, indent=1, sort_keys=True).encode())
+
+    def intact(self, state: dict[str, Any]) -> bool:
+        """Every chunk file is there with the SHA-256 the state recorded."""
+        sums = state.get("chunk_sha256")
+        if not isinstance(sums, list) or len(sums) != state.get("chunk_count"):
+            return False
+        for n, want in enumerate(sums):
+            try:
+                got = hashlib.sha256(self.chunk_path(n).read_bytes()).hexdigest()
+            except OSError:
+                return False
+            if got != want:
+                return False
+        return True
+
+    def clear(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _fingerprint(parts: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def _load_policy(client: Client, pid: uuid.UUID) -> Policy:
+    from blindmap.policy import STRICTEST_TEMPLATE, Policy, load_template
+
+    try:
+        return Policy.model_validate(client.get_policy(pid).document)
+    except NotFoundError:
+        return load_template(STRICTEST_TEMPLATE)
+
+
+def _partner_matches_names(client: Client, pid: uuid.UUID) -> bool:
+    try:
+        return "name" in client.get_partner_policy(pid).match_on
+    except NotFoundError:
+        return False
+
+
+def _select_partnerships(
+    client: Client, partners: Sequence[str] | None
+) -> list[protocol.Partnership]:
+    active = client.list_partnerships(status=protocol.PartnershipStatus.active)
+    if partners is None:
+        if not active:
+            raise SyncError("no active partnership to sync with (see `blindmap partners list`)")
+        return active
+    out: list[protocol.Partnership] = []
+    for want in partners:
+        hit = [p for p in active if p.partner.slug == want or str(p.id) == want]
+        if not hit:
+            raise UnknownPartnerError(
+                f"no active partnership with {want!r} (see `blindmap partners list`)"
+            )
+        if hit[0] not in out:
+            out.append(hit[0])
+    return out
+
+
+def sync(
+    client: Client,
+    path: str | os.PathLike[str],
+    *,
+    private_key: X25519PrivateKey,
+    partners: Sequence[str] | None = None,
+    population: str | None = None,
+    population_column: str | None = None,
+    population_map: Mapping[str, str] | None = None,
+    column_map: Mapping[str, str] | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    dry_run: bool = False,
+    confirm_shrink: bool = False,
+    key_file: str | os.PathLike[str] | None = None,
+    state_dir: str | os.PathLike[str] | None = None,
+    read: ReadResult | None = None,
+    progress: Callable[[ProgressEvent], None] | None = None,
+) -> SyncReport:
+    """Read `path` and replace my lists in each selected active partnership.
+
+    `partners` are partner slugs or partnership ids (None: every active partnership).
+    Pass `read` to reuse a :func:`read_accounts` result (the CLI does, to write skipped
+    rows). With `dry_run` nothing is created or sent: the report says what would be.
+    """
+    if read is None:
+        read = read_accounts(
+            path,
+            column_map=column_map,
+            population=population,
+            population_column=population_column,
+            population_map=population_map,
+            progress=progress,
+        )
+    report = SyncReport(
+        path=str(path),
+        rows_read=read.rows_read,
+        populations={pop: len(accts) for pop, accts in read.accounts.items()},
+        skipped=dict(read.skipped_counts),
+        dry_run=dry_run,
+    )
+    selected = _select_partnerships(client, partners)
+    my_public = crypto.public_key_bytes(private_key)
+    self_key = crypto.self_key(private_key)
+
+    existing = {p.slug for p in client.list_populations()}
+    for pop in read.accounts:
+        if pop not in existing:
+            kind = guess_population_kind(pop)
+            if not dry_run:
+                client.create_population(pop, kind=kind)
+            report.created_populations.append(pop)
+            report.warnings.append(
+                f"population {pop!r} did not exist: "
+                + ("would create" if dry_run else "created")
+                + f" it with kind {kind.value!r}"
+            )
+
+    root = Path(state_dir) if state_dir else default_state_dir(key_file)
+    from blindmap import _trust
+
+    for p in selected:
+        slug = p.partner.slug
+        if p.partner.public_key is None:
+            report.warnings.append(f"{slug} has not registered a public key yet: skipped")
+            continue
+        if p.me.public_key is None or crypto.decode_public_key(p.me.public_key) != my_public:
+            raise SyncError(
+                "your key file differs from the key the escrow holds for you: tokens would "
+                "not match your partners'. Run `blindmap key register` (or use the right "
+                "--key-file)"
+            )
+        partner_public = crypto.decode_public_key(p.partner.public_key)
+        trust = _trust.status(str(p.id), p.partner.public_key, Path(key_file) if key_file else None)
+        if trust == "changed":
+            raise SyncError(
+                f"{slug}'s public key changed since you verified the safety code: compare the "
+                f"new code (`blindmap partners show {slug}`) before syncing"
+            )
+        keys = crypto.PartnershipKeys.derive(private_key, partner_public, p.id)
+        policy = _load_policy(client, p.id)
+        names = "name" in policy.match_on and _partner_matches_names(client, p.id)
+        token_kinds = ["domain", "name"] if names and "name" in read.columns else ["domain"]
+        epochs = protocol.KeyEpochs(mine=p.me.key_epoch, partner=p.partner.key_epoch)
+        for pop in read.accounts:
+            allowed = policy.fields_for(pop)
+            available = read.available_fields()
+            sealed = [f for f in allowed if f in available]
+            missing = [f for f in allowed if f not in available]
+            if missing:
+                report.warnings.append(
+                    f"{slug}/{pop}: your policy shares {', '.join(missing)} but the file has "
+                    "no such column: not sent"
+                )
+            result = _sync_one(
+                client,
+                read,
+                pop,
+                partner=slug,
+                keys=keys,
+                self_key=self_key,
+                sealed=sealed,
+                token_kinds=token_kinds,
+                epochs=epochs,
+                chunk_size=chunk_size,
+                confirm_shrink=confirm_shrink,
+                dry_run=dry_run,
+                staging=_Staging(root, p.id, pop),
+                progress=progress,
+            )
+            report.uploads.append(result)
+    return report
+
+
+def _sync_one(
+    client: Client,
+    read: ReadResult,
+    pop: str,
+    *,
+    partner: str,
+    keys: crypto.PartnershipKeys,
+    self_key: bytes,
+    sealed: list[str],
+    token_kinds: list[str],
+    epochs: protocol.KeyEpochs,
+    chunk_size: int,
+    confirm_shrink: bool,
+    dry_run: bool,
+    staging: _Staging,
+    progress: Callable[[ProgressEvent], None] | None,
+) -> UploadResult:
+    pid = keys.partnership_id
+    total = len(read.accounts.get(pop, []))
+
+    def emit(stage: Literal["build", "send", "commit"], done: int, of: int | None) -> None:
+        if progress is not None:
+            progress(ProgressEvent(stage, done, of, partner, pop))
+
+    result = UploadResult(
+        partner=partner,
+        partnership_id=str(pid),
+        population=pop,
+        records=0,
+        chunks=0,
+        token_kinds=token_kinds,
+        sealed_fields=sealed,
+        status="dry-run" if dry_run else "committed",
+    )
+
+    def chunks() -> Iterator[Chunk]:
+        done = 0
+        for c in build_upload(
+            read,
+            pop,
+            keys=keys,
+            self_key=self_key,
+            sealed_fields=sealed,
+            token_kinds=token_kinds,
+            chunk_size=chunk_size,
+        ):
+            done += c.records
+            emit("build", done, total)
+            yield c
+
+    if dry_run:
+        for c in chunks():
+            result.records += c.records
+            result.chunks += 1
+            result.bytes += len(c.body)
+        return result
+
+    fingerprint = _fingerprint(
+        {
+            "input_sha256": read.input_sha256,
+            "options": read.options,
+            "population": pop,
+            "sealed_fields": sealed,
+            "token_kinds": token_kinds,
+            "key_epochs": epochs.model_dump(),
+            "keys": [keys.my_public.hex(), keys.partner_public.hex()],
+            "normalizer": normalize.NORMALIZER_VERSION,
+            "chunk_size": chunk_size,
+            "max_chunk_bytes": MAX_CHUNK_BYTES,
+            "format": _STATE_VERSION,
+        }
+    )
+    state = staging.load()
+    reuse = state is not None and state.get("fingerprint") == fingerprint and staging.intact(state)
+    if state is not None and not reuse:
+        _abort_quietly(client, state.get("upload_id"))
+        staging.clear()
+        state = None
+    if state is None:
+        staging.clear()
+        _private_dir(staging.dir)
+        sums: list[str] = []
+        records = 0
+        for c in chunks():
+            _write_private(staging.chunk_path(c.n), c.body)
+            sums.append(c.sha256.hex())
+            records += c.records
+        state = {
+            "version": _STATE_VERSION,
+            "fingerprint": fingerprint,
+            "partnership_id": str(pid),
+            "population": pop,
+            "record_count": records,
+            "chunk_count": len(sums),
+            "chunk_sha256": sums,
+            "digest": upload_digest(bytes.fromhex(s) for s in sums),
+            "upload_id": None,
+            "manifest": None,
+        }
+        staging.save(state)
+    else:
+        result.resumed = True
+    manifest = protocol.UploadCreate(
+        population=pop,
+        normalizer_version=normalize.NORMALIZER_VERSION,
+        token_kinds=[protocol.TokenKind(k) for k in token_kinds],
+        sealed_fields=sealed,
+        key_epochs=epochs,
+        record_count=state["record_count"],
+        chunk_count=state["chunk_count"],
+        digest=state["digest"],
+        confirm_shrink=confirm_shrink,
+    )
+    result.records = state["record_count"]
+    result.chunks = state["chunk_count"]
+    upload: protocol.Upload | None = None
+    if state.get("upload_id"):
+        try:
+            upload = client.get_upload(state["upload_id"])
+        except NotFoundError:
+            upload = None
+        if upload is not None and upload.status is protocol.UploadStatus.committed:
+            staging.clear()  # committed before the last run could clean up
+            result.upload_id = str(upload.id)
+            return result
+        if upload is not None and (
+            upload.status is not protocol.UploadStatus.staged
+            or state.get("manifest") != manifest.model_dump(mode="json")
+        ):
+            _abort_quietly(client, str(upload.id))
+            upload = None
+    if upload is None:
+        upload = client.create_upload(pid, manifest)
+        state["upload_id"] = str(upload.id)
+        state["manifest"] = manifest.model_dump(mode="json")
+        staging.save(state)
+    result.upload_id = str(upload.id)
+    received = set(upload.received_chunks)
+    n_chunks = state["chunk_count"]
+    for attempt in range(_TRANSIENT_ROUNDS):
+        try:
+            for n in range(n_chunks):
+                if n in received:
+                    continue
+                body = staging.chunk_path(n).read_bytes()
+                client.put_chunk(upload.id, n, body)
+                received.add(n)
+                result.bytes += len(body)
+                emit("send", len(received), n_chunks)
+            emit("commit", 0, 1)
+            committed = client.commit_upload(upload.id)
+            break
+        except (APIConnectionError, InternalServerError) as exc:
+            # The SDK already retried this request; wait, ask the escrow what it holds and
+            # continue the same upload with the same bytes.
+            if attempt == _TRANSIENT_ROUNDS - 1:
+                raise SyncError(
+                    f"{partner}/{pop}: the escrow kept failing ({exc}); the upload is staged "
+                    "locally: run the same command again to resume it"
+                ) from exc
+            time.sleep(min(30.0, 2.0 * 2**attempt))
+            try:
+                got = client.get_upload(upload.id)
+            except (APIConnectionError, InternalServerError):
+                continue
+            if got.status is protocol.UploadStatus.committed:
+                committed = got
+                break
+            received = set(got.received_chunks)
+    emit("commit", 1, 1)
+    staging.clear()
+    result.upload_id = str(committed.id)
+    return result
+
+
+def _abort_quietly(client: Client, upload_id: object) -> None:
+    """Abort a staged upload we no longer want; never touch a committed one."""
+    if not upload_id:
+        return
+    try:
+        if client.get_upload(str(upload_id)).status is protocol.UploadStatus.staged:
+            client.abort_upload(str(upload_id))
+    except (NotFoundError, ConflictError):
+        pass  # already gone, committed or aborted
