@@ -744,5 +744,211 @@ def audit(state: State, limit: int) -> None:
     state.emit(events, human)
 
 
+# -- sync ------------------------------------------------------------------------------------
+# Self-contained: `blindmap.sync` does the work (and is imported lazily, it pulls in csv and
+# the normalizer); this block parses options, shows progress and the summary.
+
+
+@main.command("sync")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--partner",
+    "partner_slugs",
+    multiple=True,
+    metavar="SLUG",
+    help="Partner slug or partnership id (repeatable).",
+)
+@click.option("--all", "all_partners", is_flag=True, help="Every active partnership.")
+@click.option("--population", metavar="POP", help="The whole file is this population.")
+@click.option("--population-column", metavar="COL", help="Column that says each row's population.")
+@click.option(
+    "--map",
+    "population_map",
+    metavar="'VALUE=pop,...'",
+    help="With --population-column: cell value → population (case-insensitive); rows "
+    "with other values are skipped as unmapped-population.",
+)
+@click.option(
+    "--column-map",
+    metavar="'field=Column,...'",
+    help="Override header detection, e.g. 'website=Website,name=\"Account Name\"' "
+    "(fields: id name website owner owner_email stage type industry country).",
+)
+@click.option(
+    "--chunk-size",
+    type=click.IntRange(1, 1_000_000),
+    default=10_000,
+    show_default=True,
+    help="Records per chunk (a chunk also closes at 4 MiB).",
+)
+@click.option("--dry-run", is_flag=True, help="Read, tokenize and seal, but send nothing.")
+@click.option(
+    "--skipped-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the skipped rows (with line and reason) to this CSV.",
+)
+@click.option(
+    "--confirm-shrink", is_flag=True, help="Allow replacing a list with a much smaller one."
+)
+@_key_file_option
+@pass_state
+@handle_errors
+def sync_command(
+    state: State,
+    file: Path,
+    partner_slugs: tuple[str, ...],
+    all_partners: bool,
+    population: str | None,
+    population_column: str | None,
+    population_map: str | None,
+    column_map: str | None,
+    chunk_size: int,
+    dry_run: bool,
+    skipped_file: Path | None,
+    confirm_shrink: bool,
+    key_file: Path | None,
+) -> None:
+    """Upload FILE (a CRM export as CSV) to your partnerships: tokens and sealed fields only.
+
+    Reads UTF-8 CSV (with or without BOM); Salesforce and HubSpot headers are recognised.
+    Each row's website is normalized to a domain; rows without one (blank, free-mail,
+    LinkedIn & co.) and duplicates are skipped and counted. For each partnership the
+    records are tokenized with that partnership's keys, the fields your policy shares
+    are sealed for the partner, and the list replaces your previous one atomically.
+
+    Resuming: chunks are staged under uploads/ beside your key file until the upload is
+    committed. If a run is interrupted, run the same command again: when the file,
+    options, policy fields and keys are unchanged it continues the same upload with the
+    same bytes, sending only what the escrow lacks; otherwise it discards the old staged
+    upload and starts afresh. Connection failures during a run are retried in place.
+    """
+    from blindmap import keyfile
+    from blindmap import sync as bsync
+
+    if bool(partner_slugs) == all_partners:
+        fail("give --partner SLUG (repeatable) or --all", EXIT_USAGE)
+    if (population is None) == (population_column is None):
+        fail("give --population POP, or --population-column COL with --map", EXIT_USAGE)
+    if population_map and population_column is None:
+        fail("--map needs --population-column", EXIT_USAGE)
+    try:
+        cmap = bsync.parse_mapping(column_map, what="--column-map")
+        pmap = bsync.parse_mapping(population_map, what="--map")
+        with _sync_progress(state) as progress:
+            read = bsync.read_accounts(
+                file,
+                column_map=cmap,
+                population=population,
+                population_column=population_column,
+                population_map=pmap or None,
+                keep_skipped_rows=skipped_file is not None,
+                progress=progress,
+            )
+    except bsync.SyncError as exc:
+        fail(str(exc), EXIT_USAGE)
+    if skipped_file is not None:
+        _write_skipped(skipped_file, read)
+    with _key_file_errors():
+        private = keyfile.load_private_key(key_file, passphrase=_ask_passphrase(confirm=False))
+    try:
+        with state.client() as client, _sync_progress(state) as progress:
+            report = bsync.sync(
+                client,
+                file,
+                private_key=private,
+                partners=None if all_partners else list(partner_slugs),
+                chunk_size=chunk_size,
+                dry_run=dry_run,
+                confirm_shrink=confirm_shrink,
+                key_file=key_file,
+                read=read,
+                progress=progress,
+            )
+    except bsync.UnknownPartnerError as exc:
+        fail(str(exc), EXIT_NOT_FOUND)
+    except bsync.SyncInputError as exc:
+        fail(str(exc), EXIT_USAGE)
+    except bsync.SyncError as exc:
+        fail(str(exc), EXIT_REJECTED)
+    data = report.as_dict()
+    if skipped_file is not None:
+        data["skipped_file"] = str(skipped_file)
+    state.emit(data, lambda: _show_sync_report(state, report, read, skipped_file))
+
+
+@contextlib.contextmanager
+def _sync_progress(state: State) -> Iterator[Callable[[Any], None] | None]:
+    """A rich progress display fed by `blindmap.sync.ProgressEvent`s (none with --json)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    if state.as_json or not err_console.is_terminal:
+        yield None
+        return
+    tasks: dict[tuple[str, str | None, str | None], Any] = {}
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=err_console,
+        transient=False,
+    ) as bar:
+
+        def on_event(ev: Any) -> None:
+            label = {"read": "rows read", "build": "records sealed", "send": "chunks sent"}
+            if ev.stage == "commit":
+                return
+            key = (ev.stage, ev.partner, ev.population)
+            if key not in tasks:
+                where = f"{ev.partner}/{ev.population} " if ev.partner else ""
+                tasks[key] = bar.add_task(f"{where}{label[ev.stage]}", total=ev.total)
+            bar.update(tasks[key], completed=ev.done, total=ev.total)
+
+        yield on_event
+
+
+def _write_skipped(path: Path, read: Any) -> None:
+    import csv
+
+    try:
+        with path.open("w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["line", "reason", "population", *read.header])
+            for s in read.skipped:
+                w.writerow([s.line, s.reason, s.population or "", *(s.row or ())])
+    except OSError as exc:
+        fail(f"{path}: {exc.strerror or exc}", EXIT_USAGE)
+
+
+def _show_sync_report(state: State, report: Any, read: Any, skipped_file: Path | None) -> None:
+    c = state.console
+    cols = ", ".join(f"{f}={'|'.join(h)}" for f, h in read.columns.items())
+    c.print(f"Read {report.rows_read} rows from {report.path}", highlight=False)
+    c.print(f"  columns: {cols}", highlight=False, soft_wrap=True)
+    for w in report.warnings:
+        err_console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+    table = Table("partner", "population", "records", "chunks", "tokens", "sealed fields", "")
+    for u in report.uploads:
+        status = u.status + (" (resumed)" if u.resumed else "")
+        table.add_row(
+            u.partner,
+            u.population,
+            str(u.records),
+            str(u.chunks),
+            "+".join(u.token_kinds),
+            ", ".join(u.sealed_fields) or "—",
+            status,
+        )
+    c.print(table)
+    if report.skipped:
+        skipped = Table("skipped because", "rows")
+        for reason, n in sorted(report.skipped.items(), key=lambda kv: -kv[1]):
+            skipped.add_row(reason, str(n))
+        c.print(skipped)
+        if skipped_file is not None:
+            c.print(f"Skipped rows written to {skipped_file}", highlight=False)
+    if report.dry_run:
+        c.print("Dry run: nothing was sent.", style="bold")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

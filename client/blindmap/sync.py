@@ -68,6 +68,7 @@ __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "HEADER_ALIASES",
     "MAX_CHUNK_BYTES",
+    "MAX_FIELD_CHARS",
     "SKIP_REASONS",
     "Account",
     "Chunk",
@@ -90,6 +91,9 @@ __all__ = [
 DEFAULT_CHUNK_SIZE: Final = 10_000
 MAX_CHUNK_BYTES: Final = 4 * 1024 * 1024
 """A chunk closes at this size even below `chunk_size` records (the escrow takes 8 MiB)."""
+MAX_FIELD_CHARS: Final = 200
+"""Cells are cut to this many characters, so every sealed payload stays far below the
+escrow's per-payload limit (4 KiB by default)."""
 _TRANSIENT_ROUNDS: Final = 5
 _STATE_VERSION: Final = 1
 
@@ -467,7 +471,7 @@ def read_accounts(
                     r = "no-website" if reason in (None, "empty") else reason
                     skipped.append(Skipped(line, r, pop, "", keep))
                     continue
-                local_id = row[id_idx].strip() if id_idx is not None else ""
+                local_id = row[id_idx].strip()[:MAX_FIELD_CHARS] if id_idx is not None else ""
                 if not local_id:
                     local_id = dom
                 doms = seen_domain.setdefault(pop, set())
@@ -480,11 +484,11 @@ def read_accounts(
                     continue
                 doms.add(dom)
                 ids.add(local_id)
-                vals = [row[i].strip() for i in value_idx]
+                vals = [row[i].strip()[:MAX_FIELD_CHARS] for i in value_idx]
                 for j in share_pos:
                     vals[j] = share(vals[j], vals[j])
                 values = tuple(vals)
-                nm = row[name_idx].strip() if name_idx is not None else ""
+                nm = row[name_idx].strip()[:MAX_FIELD_CHARS] if name_idx is not None else ""
                 accounts.setdefault(pop, []).append(Account(line, local_id, nm, dom, values))
         except csv.Error as exc:
             raise SyncInputError(p, reader.line_num, f"malformed CSV: {exc}") from None
