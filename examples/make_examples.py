@@ -173,7 +173,7 @@ def _globex_rows(accounts: list[Account], rng: random.Random) -> list[list[str]]
 def main() -> None:
     acme = generate_accounts(N_ACME, seed=SEED_ACME)
     globex = generate_accounts(N_GLOBEX, seed=SEED_GLOBEX, overlap_with=acme, overlap=0.3)
-    rng = random.Random(SEED_ACME)
+    rng = random.Random(SEED_ACME)  # noqa: S311 - seeded sample data, not secrets
     acme_rows = _acme_rows(acme, rng)
     for i, (cell, _, _, name, _) in enumerate(SHARED_BY_HAND):
         acme_rows.append(
@@ -219,7 +219,7 @@ def main() -> None:
     )
     rng.shuffle(acme_rows)
 
-    rng = random.Random(SEED_GLOBEX)
+    rng = random.Random(SEED_GLOBEX)  # noqa: S311 - seeded sample data, not secrets
     globex_rows = _globex_rows(globex, rng)
     for i, (_, dom, url, _, name) in enumerate(SHARED_BY_HAND):
         globex_rows.append(

@@ -594,7 +594,7 @@ def escrow(pair: Any) -> Iterator[tuple[FakeEscrow, Any]]:
 
 @pytest.fixture(autouse=True)
 def _no_sleep(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(bsync.time, "sleep", lambda s: None)
+    monkeypatch.setattr(bsync, "_sleep", lambda s: None)
 
 
 def run(fake: FakeEscrow, me: Any, tmp_path: Path, **kw: Any) -> bsync.SyncReport:

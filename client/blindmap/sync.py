@@ -55,6 +55,7 @@ from blindmap._errors import (
     ConflictError,
     InternalServerError,
     NotFoundError,
+    PermissionDeniedError,
 )
 
 if TYPE_CHECKING:
@@ -95,6 +96,7 @@ MAX_FIELD_CHARS: Final = 200
 """Cells are cut to this many characters, so every sealed payload stays far below the
 escrow's per-payload limit (4 KiB by default)."""
 _TRANSIENT_ROUNDS: Final = 5
+_sleep: Callable[[float], None] = time.sleep  # test seam
 _STATE_VERSION: Final = 1
 
 CANONICAL_FIELDS: Final = (
@@ -890,7 +892,14 @@ def sync(
         if pop not in existing:
             kind = guess_population_kind(pop)
             if not dry_run:
-                client.create_population(pop, kind=kind)
+                try:
+                    client.create_population(pop, kind=kind)
+                except PermissionDeniedError:
+                    raise SyncError(
+                        f"population {pop!r} does not exist and this API key may not create "
+                        f"it: an admin can, with `blindmap populations create {pop} --kind "
+                        f"{kind.value}`"
+                    ) from None
             report.created_populations.append(pop)
             report.warnings.append(
                 f"population {pop!r} did not exist: "
@@ -1114,7 +1123,7 @@ def _sync_one(
                     f"{partner}/{pop}: the escrow kept failing ({exc}); the upload is staged "
                     "locally: run the same command again to resume it"
                 ) from exc
-            time.sleep(min(30.0, 2.0 * 2**attempt))
+            _sleep(min(30.0, 2.0 * 2**attempt))
             try:
                 got = client.get_upload(upload.id)
             except (APIConnectionError, InternalServerError):
