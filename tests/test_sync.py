@@ -644,7 +644,7 @@ def test_dry_run_sends_nothing(escrow: Any, tmp_path: Path) -> None:
     report = run(fake, me, tmp_path, dry_run=True)
     assert fake.uploads == {} and "prospects" not in fake.populations
     assert report.dry_run and all(u.status == "dry-run" and u.records for u in report.uploads)
-    assert any("would create" in w for w in report.warnings)
+    assert any("would create" in n for n in report.notes)
 
 
 def test_transient_failure_resumes_same_upload_in_process(escrow: Any, tmp_path: Path) -> None:

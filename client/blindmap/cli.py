@@ -924,6 +924,8 @@ def _show_sync_report(state: State, report: Any, read: Any, skipped_file: Path |
     cols = ", ".join(f"{f}={'|'.join(h)}" for f, h in read.columns.items())
     c.print(f"Read {report.rows_read} rows from {report.path}", highlight=False)
     c.print(f"  columns: {cols}", highlight=False, soft_wrap=True)
+    for note in report.notes:
+        c.print(note[0].upper() + note[1:] + ".", highlight=False, soft_wrap=True)
     for w in report.warnings:
         err_console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
     table = Table("partner", "population", "records", "chunks", "tokens", "sealed fields", "")

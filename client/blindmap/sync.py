@@ -31,7 +31,7 @@ staging directory, never all held together.
 
 from __future__ import annotations
 
-import base64
+import binascii
 import csv
 import hashlib
 import io
@@ -217,6 +217,14 @@ class ReadResult:
     @property
     def populations(self) -> list[str]:
         return list(self.accounts)
+
+    def name_keys(self, population: str) -> list[str | None]:
+        """Name keys of a population's accounts (computed once, shared by partnerships)."""
+        cache: dict[str, list[str | None]] = self.__dict__.setdefault("_name_keys", {})
+        if population not in cache:
+            name_key = normalize.name
+            cache[population] = [name_key(a.name) for a in self.accounts.get(population, [])]
+        return cache[population]
 
     def available_fields(self) -> tuple[str, ...]:
         """Fields a policy may ask to seal that this file can supply."""
@@ -560,8 +568,12 @@ def upload_digest(chunk_digests: Iterable[bytes]) -> str:
     return h.hexdigest()
 
 
+_URLSAFE: Final = bytes.maketrans(b"+/", b"-_")
+
+
 def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+    """base64url without padding (what `base64.urlsafe_b64encode` + rstrip give, faster)."""
+    return binascii.b2a_base64(data, newline=False).translate(_URLSAFE).rstrip(b"=").decode()
 
 
 def _value_getter(pos: int) -> Callable[[Account], str | None]:
@@ -617,16 +629,17 @@ def build_upload(
             getters.append((f, _value_getter(value_pos[f])))
     # bound methods and module functions hoisted out of the per-record loop
     self_seal, p_aad, s_aad = self_sealer.seal, crypto.partner_aad, crypto.self_aad
-    name_key = normalize.name
 
-    def lines(batch: Sequence[Account]) -> list[bytes]:
+    all_names = read.name_keys(population) if name_tok is not None else []
+
+    def lines(batch: Sequence[Account], start: int) -> list[bytes]:
         brefs = refs.refs(a.local_id for a in batch)
         dtoks = dom_tok.tokens(a.domain for a in batch)
         out: list[bytes] = []
         names: list[str | None] = []
         ntoks: list[bytes | None] = []
         if name_tok is not None:
-            names = [name_key(a.name) for a in batch]
+            names = all_names[start : start + len(batch)]
             present = [n for n in names if n]
             toks = iter(name_tok.tokens(present))
             ntoks = [next(toks) if n else None for n in names]
@@ -659,7 +672,7 @@ def build_upload(
     size = 0
     batch_size = min(chunk_size, 2_000)
     for start in range(0, len(accounts), batch_size):
-        for line in lines(accounts[start : start + batch_size]):
+        for line in lines(accounts[start : start + batch_size], start):
             if buf and (len(buf) >= chunk_size or size + len(line) > max_chunk_bytes):
                 body = b"".join(buf)
                 yield Chunk(n, body, len(buf), hashlib.sha256(body).digest())
@@ -710,6 +723,7 @@ class SyncReport:
     uploads: list[UploadResult] = field(default_factory=list)
     created_populations: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     dry_run: bool = False
 
     def as_dict(self) -> dict[str, Any]:
@@ -722,6 +736,7 @@ class SyncReport:
             "uploads": [vars(u).copy() for u in self.uploads],
             "created_populations": list(self.created_populations),
             "warnings": list(self.warnings),
+            "notes": list(self.notes),
         }
 
 
@@ -901,7 +916,7 @@ def sync(
                         f"{kind.value}`"
                     ) from None
             report.created_populations.append(pop)
-            report.warnings.append(
+            report.notes.append(
                 f"population {pop!r} did not exist: "
                 + ("would create" if dry_run else "created")
                 + f" it with kind {kind.value!r}"
