@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     max_commits_per_day: int = Field(
         24, ge=1, description="commits per population per partnership per 24 h (anti-probing)"
     )
-    staged_upload_ttl_seconds: int = Field(24 * 3600, ge=60)
+    staged_upload_ttl_seconds: int = Field(24 * 3600, ge=1)
 
     # Background jobs
     embedded_worker: bool = Field(True, description="run the job worker inside the API process")

@@ -70,6 +70,41 @@ def serve(host: str, port: int, workers: int, do_migrate: bool | None) -> None:
     )
 
 
+@main.command()
+@click.option("--once", is_flag=True, help="Run the jobs that are ready, then exit.")
+def worker(once: bool) -> None:
+    """Run background jobs (matching) in this process, beside or instead of the embedded
+    worker (set BLINDMAP_EMBEDDED_WORKER=false on the API processes to use only these).
+    On PostgreSQL several workers share the queue with FOR UPDATE SKIP LOCKED."""
+    import signal
+
+    import service.overlap.service  # noqa: F401  (registers the match handler)
+    from service import jobs, logs
+    from service.db import make_engine, make_sessionmaker
+
+    settings = _settings()
+    logs.configure(settings.log_level)
+    engine = make_engine(settings)
+    factory = make_sessionmaker(engine)
+    if once:
+        n = jobs.drain(factory, settings)
+        click.echo(f"ran {n} job(s)", err=True)
+        engine.dispose()
+        return
+    w = jobs.Worker(factory, settings)
+    signal.signal(signal.SIGTERM, lambda *_: w.stopping.set())
+    click.echo(f"worker {w.id} running; Ctrl-C to stop", err=True)
+    w.start()
+    try:
+        while w.thread.is_alive():
+            w.thread.join(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        w.stop()
+        engine.dispose()
+
+
 @main.command("create-company")
 @click.argument("slug")
 @click.option("--name", "display_name", required=True, help="Display name, e.g. 'Acme Corp'.")

@@ -16,12 +16,10 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from blindmap.protocol import MAX_REF_CHARS, MAX_TOKENS_PER_RECORD, TOKEN_BYTES
 from service import errors
-from service.models import records, tokens
 
 KIND_CODES = {"domain": 0, "name": 1}
 KIND_NAMES = {v: k for k, v in KIND_CODES.items()}
@@ -185,11 +183,16 @@ def store(session: Session, chunk: ParsedChunk) -> None:
                 for row in chunk.token_rows:
                     copy.write_row(row)
         return
-    cols_r = ("upload_num", "seq", "partnership_id", "ref", "self_sealed", "partner_sealed")
-    cols_t = ("upload_num", "kind", "value", "seq", "partnership_id")
-    if chunk.record_rows:
-        conn.execute(
-            insert(records), [dict(zip(cols_r, r, strict=True)) for r in chunk.record_rows]
-        )
-    if chunk.token_rows:
-        conn.execute(insert(tokens), [dict(zip(cols_t, r, strict=True)) for r in chunk.token_rows])
+    # SQLite: the driver's executemany on the session's own connection (same
+    # transaction), skipping per-row ORM/Core processing; UUIDs as SQLAlchemy stores them.
+    raw = conn.connection.driver_connection
+    pid_hex = chunk.record_rows[0][2].hex if chunk.record_rows else None
+    raw.executemany(  # type: ignore[union-attr]
+        "INSERT INTO records (upload_num, seq, partnership_id, ref, self_sealed, partner_sealed)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        [(r[0], r[1], pid_hex, r[3], r[4], r[5]) for r in chunk.record_rows],
+    )
+    raw.executemany(  # type: ignore[union-attr]
+        "INSERT INTO tokens (upload_num, kind, value, seq, partnership_id) VALUES (?, ?, ?, ?, ?)",
+        [(t[0], t[1], t[2], t[3], pid_hex) for t in chunk.token_rows],
+    )

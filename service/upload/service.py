@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 import uuid
 from collections.abc import Sequence
 from datetime import timedelta
@@ -195,7 +196,8 @@ def put_chunk(
             session.add(chunk)
             session.flush()
             ingest.store(session, parsed)
-    except (IntegrityError, psycopg.IntegrityError):  # COPY raises the driver's own error
+    except (IntegrityError, psycopg.IntegrityError, sqlite3.IntegrityError):
+        # bulk writes go through the driver, which raises its own error class
         session.expire_all()
         again = session.get(UploadChunk, (up.num, n))
         if again is not None and again.sha256 == digest:  # a concurrent identical re-send
