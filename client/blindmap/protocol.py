@@ -317,3 +317,114 @@ class PartnershipSyncStatus(_Response):
     )
     normalizer_mismatch: bool = False
     warnings: list[str] = Field(default_factory=list)
+
+
+# -- reports (DESIGN §6) ----------------------------------------------------------------------
+class PolicyVersions(_Response):
+    """The policy versions that produced a report: mine and the partner's."""
+
+    mine: int
+    partner: int
+
+
+class ReportPopulation(_Response):
+    slug: str
+    display_name: str | None = None
+    kind: PopulationKind | None = None
+    records: int | None = Field(None, description="Committed list size (partner's: if shared)")
+
+
+class SummaryCell(_Response):
+    mine: str = Field(description="My population")
+    theirs: str = Field(description="The partner's population")
+    matched: int | None = Field(
+        description="My records in `mine` that match the partner's `theirs`; null when "
+        "suppressed (`display` says why)"
+    )
+    display: str = Field(description="What to show: the count, '<k', or '—' (my list too small)")
+
+
+class SummaryReport(_Response):
+    partnership_id: uuid.UUID
+    generated_at: datetime
+    mine: list[ReportPopulation]
+    theirs: list[ReportPopulation] = Field(description="The partner's populations I may see")
+    cells: list[SummaryCell]
+    min_count: int
+    min_population: int
+    policy_versions: PolicyVersions
+
+
+class PartnerRecord(_Response):
+    """A partner record released to me. `ref` is the partner's pseudonymous ref: it is
+    the AAD of `sealed`, so it is needed to open it (docs/protocol.md §9)."""
+
+    population: str
+    ref: str
+    sealed: str | None = Field(None, description="base64url partner-sealed payload")
+    fields: list[str] = Field(default_factory=list, description="Field names inside `sealed`")
+    withheld: str | None = Field(None, description="Why `sealed` is not included")
+
+
+class OverlapItem(_Response):
+    ref: str = Field(description="My ref")
+    population: str = Field(description="My population")
+    self_sealed: str = Field(description="base64url, sealed with my self key")
+    partner: list[PartnerRecord]
+
+
+class OverlapPage(_Response):
+    partnership_id: uuid.UUID
+    items: list[OverlapItem]
+    next_cursor: str | None = None
+    policy_versions: PolicyVersions
+
+
+class WhiteSpacePage(_Response):
+    partnership_id: uuid.UUID
+    items: list[PartnerRecord]
+    next_cursor: str | None = None
+    policy_versions: PolicyVersions
+
+
+class LookupToken(_Request):
+    kind: TokenKind = TokenKind.domain
+    value: str = Field(description="base64url of the 16-byte token")
+
+
+class LookupRequest(_Request):
+    tokens: list[LookupToken] = Field(min_length=1, max_length=100)
+
+
+class LookupResult(_Response):
+    kind: TokenKind
+    value: str
+    partner: list[PartnerRecord]
+
+
+class LookupResponse(_Response):
+    partnership_id: uuid.UUID
+    results: list[LookupResult]
+    policy_versions: PolicyVersions
+
+
+class Disclosure(_Response):
+    """One release of data, chained by hash to the previous entry of the partnership."""
+
+    seq: int
+    partnership_id: uuid.UUID
+    viewer: str
+    owner: str
+    report: str
+    viewer_population: str | None = None
+    owner_population: str | None = None
+    records: int
+    policy_versions: dict[str, int]
+    created_at: datetime
+    prev_hash: str
+    hash: str
+
+
+class DisclosurePage(_Response):
+    items: list[Disclosure]
+    next_cursor: str | None = None
