@@ -296,3 +296,33 @@ def test_cli_dry_run_and_input_errors(as_company, tenants, partnered, sdk, tmp_p
         a, "sync", str(ACME), "--all", "--population", "customers", "--column-map", "website=Nope"
     )
     assert res.exit_code == cli.EXIT_USAGE and ":1:" in res.output
+
+
+def test_name_tokens_when_both_policies_match_on_name(  # type: ignore[no-untyped-def]
+    as_company, tenants, partnered, sdk
+):
+    from blindmap.policy import load_template
+
+    doc = {**load_template("co-sell").model_dump(mode="json"), "match_on": ["domain", "name"]}
+    for t in (tenants.a, tenants.b):
+        c = sdk(t)
+        c.put_policy(c.list_partnerships()[0].id, doc)
+    out = _json(
+        as_company(
+            tenants.b,
+            "--json",
+            "sync",
+            str(GLOBEX),
+            "--all",
+            "--population-column",
+            "Lifecycle Stage",
+            "--map",
+            GLOBEX_MAP,
+        )
+    )
+    assert {tuple(u["token_kinds"]) for u in out["uploads"]} == {("domain", "name")}
+    up = sdk(tenants.b).get_upload(out["uploads"][0]["upload_id"])
+    assert up.status.value == "committed" and [k.value for k in up.token_kinds] == [
+        "domain",
+        "name",
+    ]

@@ -110,8 +110,8 @@ CANONICAL_FIELDS: Final = (
     "industry",
     "country",
 )
-"""Columns `sync` understands (`--column-map` keys). Sealable fields are these plus
-`domain` (the normalized domain key)."""
+"""Columns `sync` understands (`--column-map` keys). Sealable fields are these except
+`website`, plus `domain` (the normalized domain key)."""
 
 # Header spellings, compared lowercased with everything but letters and digits removed.
 # Order matters: earlier aliases win; for `website` every present alias is a fallback in
@@ -346,6 +346,10 @@ def _sniff_delimiter(first_line: str) -> str:
     return best if counts[best] else ","
 
 
+def _no_share(value: str, _default: str) -> str:
+    return value
+
+
 def read_accounts(
     path: str | os.PathLike[str],
     *,
@@ -424,13 +428,14 @@ def read_accounts(
         web_idx = cols["website"]
         id_idx = cols["id"][0] if "id" in cols else None
         name_idx = cols["name"][0] if "name" in cols else None
-        field_names = tuple(f for f in CANONICAL_FIELDS[2:] if f in cols)
+        # the raw website is not kept: `domain` is what partners can use, and a million
+        # URLs would be the largest thing in memory
+        field_names = tuple(f for f in CANONICAL_FIELDS[3:] if f in cols)
         value_idx = [cols[f][0] for f in field_names]
         # Equal values of low-cardinality columns (stage, country, owner...) share one
         # string object: a million rows then cost a pointer per cell, not a string.
         shared: dict[str, str] = {}
-        share = shared.setdefault
-        share_pos = [j for j, f in enumerate(field_names) if f != "website"]
+        share: Callable[[str, str], str] = shared.setdefault
         width = len(header)
         accounts: dict[str, list[Account]] = {}
         if population is not None:
@@ -455,8 +460,12 @@ def read_accounts(
                         " (a stray delimiter or an unclosed quote?)",
                     )
                 rows += 1
-                if progress is not None and rows % 10_000 == 0:
-                    progress(ProgressEvent("read", rows))
+                if rows % 10_000 == 0:
+                    if len(shared) > 100_000:  # a column of unique values: stop sharing
+                        shared.clear()
+                        share = _no_share
+                    if progress is not None:
+                        progress(ProgressEvent("read", rows))
                 keep = tuple(row) if keep_skipped_rows else None
                 if pop_idx is not None:
                     cell = row[pop_idx].strip()
@@ -495,9 +504,7 @@ def read_accounts(
                 doms.add(dom)
                 ids.add(local_id)
                 vals = [row[i].strip()[:MAX_FIELD_CHARS] for i in value_idx]
-                for j in share_pos:
-                    vals[j] = share(vals[j], vals[j])
-                values = tuple(vals)
+                values = tuple([share(v, v) for v in vals])
                 nm = row[name_idx].strip()[:MAX_FIELD_CHARS] if name_idx is not None else ""
                 accounts.setdefault(pop, []).append(Account(line, local_id, nm, dom, values))
         except csv.Error as exc:
