@@ -6,7 +6,7 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
@@ -338,3 +338,99 @@ class Client:
         return protocol.PartnershipSyncStatus.model_validate(
             self.request("GET", f"/v1/partnerships/{partnership_id}/status").json()
         )
+
+    # -- reports -------------------------------------------------------------------------
+    def report_summary(self, partnership_id: str | uuid.UUID) -> protocol.SummaryReport:
+        """The account-mapping matrix: my populations by the partner's visible ones."""
+        return protocol.SummaryReport.model_validate(
+            self.request("GET", f"/v1/partnerships/{partnership_id}/reports/summary").json()
+        )
+
+    def report_overlaps(
+        self,
+        partnership_id: str | uuid.UUID,
+        *,
+        mine: str | None = None,
+        theirs: str | None = None,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> protocol.OverlapPage:
+        """One page of my matched records with what the partner's policy releases."""
+        params: dict[str, Any] = {"limit": limit}
+        for k, v in (("mine", mine), ("theirs", theirs), ("cursor", cursor)):
+            if v:
+                params[k] = v
+        return protocol.OverlapPage.model_validate(
+            self.request(
+                "GET", f"/v1/partnerships/{partnership_id}/reports/overlaps", params=params
+            ).json()
+        )
+
+    def iter_overlaps(
+        self,
+        partnership_id: str | uuid.UUID,
+        *,
+        mine: str | None = None,
+        theirs: str | None = None,
+        limit: int = 1000,
+    ) -> Iterator[protocol.OverlapItem]:
+        """All overlap pages, one item at a time."""
+        cursor: str | None = None
+        while True:
+            page = self.report_overlaps(
+                partnership_id, mine=mine, theirs=theirs, cursor=cursor, limit=limit
+            )
+            yield from page.items
+            if not page.next_cursor:
+                return
+            cursor = page.next_cursor
+
+    def report_white_space(
+        self,
+        partnership_id: str | uuid.UUID,
+        *,
+        theirs: str | None = None,
+        not_in: list[str] | None = None,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> protocol.WhiteSpacePage:
+        """The partner's records in `full` populations that match none of mine."""
+        params: dict[str, Any] = {"limit": limit}
+        if theirs:
+            params["theirs"] = theirs
+        if not_in:
+            params["not_in"] = ",".join(not_in)
+        if cursor:
+            params["cursor"] = cursor
+        return protocol.WhiteSpacePage.model_validate(
+            self.request(
+                "GET", f"/v1/partnerships/{partnership_id}/reports/white-space", params=params
+            ).json()
+        )
+
+    def lookup(
+        self, partnership_id: str | uuid.UUID, tokens: list[protocol.LookupToken]
+    ) -> protocol.LookupResponse:
+        """The partner's populations and fields for accounts of my own committed lists."""
+        body = protocol.LookupRequest(tokens=tokens).model_dump(mode="json")
+        return protocol.LookupResponse.model_validate(
+            self.request("POST", f"/v1/partnerships/{partnership_id}/lookup", json=body).json()
+        )
+
+    def disclosures(self, partnership_id: str | uuid.UUID) -> list[protocol.Disclosure]:
+        """The partnership's whole disclosure log, oldest first."""
+        out: list[protocol.Disclosure] = []
+        cursor: str | None = None
+        while True:
+            params: dict[str, Any] = {"limit": 1000}
+            if cursor:
+                params["cursor"] = cursor
+            page = protocol.DisclosurePage.model_validate(
+                self.request(
+                    "GET", f"/v1/partnerships/{partnership_id}/disclosures", params=params
+                ).json()
+            )
+            out.extend(page.items)
+            if not page.next_cursor:
+                return out
+            cursor = page.next_cursor
