@@ -952,5 +952,470 @@ def _show_sync_report(state: State, report: Any, read: Any, skipped_file: Path |
         c.print("Dry run: nothing was sent.", style="bold")
 
 
+# -- reports and the disclosure log ----------------------------------------------------------
+# Self-contained: `blindmap.reports` decrypts and renders (imported lazily); this block
+# resolves the partnership, loads the key file, fetches, and writes the chosen format.
+
+_FORMATS = ("table", "csv", "json", "html")
+_DEFAULT_HTML = "blindmap-report.html"
+
+
+def _format_option(fn: Callable[P, R]) -> Callable[P, R]:
+    fn = click.option(
+        "--output",
+        "-o",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help=f"Write to this file (default: stdout; html: ./{_DEFAULT_HTML}).",
+    )(fn)
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(_FORMATS),
+        default=None,
+        help="Output format [default: table, or json with --json].",
+    )(fn)
+
+
+def _report_keys(client: Client, p: protocol.Partnership, key_file: Path | None) -> Any:
+    """The partnership's report keys from my key file; warns when my key is not the one
+    the escrow holds (payloads sealed with the other key will not open)."""
+    from blindmap import crypto, keyfile
+    from blindmap import reports as rep
+
+    if p.partner.public_key is None:
+        fail(f"{p.partner.slug} has not registered a public key yet", EXIT_REJECTED)
+    with _key_file_errors():
+        private = keyfile.load_private_key(key_file, passphrase=_ask_passphrase(confirm=False))
+    if p.me.public_key and crypto.decode_public_key(p.me.public_key) != crypto.public_key_bytes(
+        private
+    ):
+        err_console.print(
+            "[yellow]warning:[/] your key file differs from the key the escrow holds for you; "
+            "payloads sealed with the other key cannot be decrypted "
+            "(`blindmap key register`, then re-sync)",
+            highlight=False,
+            soft_wrap=True,
+        )
+    return rep.ReportKeys.for_partnership(private, p)
+
+
+@contextlib.contextmanager
+def _fetch_progress(state: State, what: str) -> Iterator[Callable[[int], None] | None]:
+    """A spinner with a running count on stderr, only on a terminal and without --json."""
+    if state.as_json or not err_console.is_terminal:
+        yield None
+        return
+    with err_console.status(f"Fetching {what}…") as status:
+
+        def update(n: int) -> None:
+            status.update(f"Fetching {what}… {n}")
+
+        yield update
+
+
+def _write_report(state: State, report: Any, fmt: str | None, output: Path | None) -> None:
+    from blindmap import reports as rep
+
+    fmt = fmt or ("json" if state.as_json else "table")
+    if fmt == "html" and output is None:
+        output = Path(_DEFAULT_HTML)
+    if fmt == "table":
+        if output is None:
+            rep.render_table(report, state.console)
+        else:
+            try:
+                with output.open("w", encoding="utf-8") as f:
+                    rep.render_table(report, Console(file=f, width=160, force_terminal=False))
+            except OSError as exc:
+                fail(f"{output}: {exc.strerror or exc}", EXIT_USAGE)
+    else:
+        try:
+            text = {"csv": rep.to_csv, "json": rep.to_json, "html": rep.to_html}[fmt](report)
+        except ValueError as exc:
+            fail(str(exc), EXIT_USAGE)
+        if output is None:
+            click.echo(text, nl=False)
+        else:
+            try:
+                output.write_text(text, encoding="utf-8", newline="")
+            except OSError as exc:
+                fail(f"{output}: {exc.strerror or exc}", EXIT_USAGE)
+    if output is not None:
+        err_console.print(f"Wrote {output}", highlight=False, soft_wrap=True)
+    if report.undecryptable:
+        err_console.print(
+            f"[yellow]warning:[/] {report.undecryptable} payload(s) could not be decrypted "
+            "(a key changed since the upload: re-sync)",
+            highlight=False,
+        )
+
+
+def _split_pops(value: str | None) -> list[str] | None:
+    if not value:
+        return None
+    return [v.strip() for v in value.split(",") if v.strip()] or None
+
+
+@main.group()
+def report() -> None:
+    """Reports: what your partner's policy releases, decrypted on this machine.
+
+    \b
+      summary PARTNER        the account-mapping matrix (mine x theirs, counts)
+      overlaps PARTNER       my matched accounts with the partner's populations and fields
+      white-space PARTNER    the partner's accounts (shared in full) that I do not have
+      lookup PARTNER DOMAIN  one account of mine: does the partner have it, and how
+      ecosystem              my accounts across all my active partnerships
+      html PARTNER           the full report (matrix heat map, overlaps, white space)
+                             in one self-contained HTML file
+
+    PARTNER is the partner's slug or the partnership id. Every report takes
+    --format table|csv|json|html and --output FILE; `--format html` on a single report
+    writes just that report, `report html` writes all three sections. html goes to
+    ./blindmap-report.html unless --output says otherwise; the rest go to stdout. Every
+    output names the partnership and the policy versions that produced it. CSV cells a
+    spreadsheet would run as formulas are prefixed with '.
+
+    Fetching overlaps, white space or a lookup is a release of the partner's data: the
+    escrow logs it in the disclosure log both partners can read (`blindmap disclosures`).
+    """
+
+
+@report.command("summary")
+@click.argument("partnership")
+@_format_option
+@pass_state
+@handle_errors
+def report_summary(state: State, partnership: str, fmt: str | None, output: Path | None) -> None:
+    """The account-mapping matrix: distinct matched accounts per population pair.
+
+    Cells under the partner's min_count show as '<k'; '—' marks a population too small
+    (min_population). No key file is needed: counts are not encrypted.
+    """
+    from blindmap import reports as rep
+
+    with state.client() as client:
+        p = _resolve(client, partnership)
+        summary = client.report_summary(p.id)
+    ctx = rep.Context.of(p, summary.policy_versions, summary.generated_at)
+    _write_report(state, rep.Report(ctx, summary=summary), fmt, output)
+
+
+@report.command("overlaps")
+@click.argument("partnership")
+@click.option("--mine", metavar="POP", help="Only my population POP.")
+@click.option("--theirs", metavar="POP", help="Only the partner's population POP.")
+@_format_option
+@_key_file_option
+@pass_state
+@handle_errors
+def report_overlaps(
+    state: State,
+    partnership: str,
+    mine: str | None,
+    theirs: str | None,
+    fmt: str | None,
+    output: Path | None,
+    key_file: Path | None,
+) -> None:
+    """My matched accounts (my id, name, domain) with the partner's populations and the
+    fields its policy releases. One row per (my account, partner record).
+
+    Example (co-sell: their customers that are my open opportunities):
+    `blindmap report overlaps globex --mine opportunities --theirs customers`
+    """
+    from blindmap import reports as rep
+
+    with state.client() as client:
+        p = _resolve(client, partnership)
+        keys = _report_keys(client, p, key_file)
+        with _fetch_progress(state, "overlaps") as progress:
+            items, versions, notes = rep.fetch_overlaps(
+                client, p.id, mine=mine, theirs=theirs, on_progress=progress
+            )
+    result = rep.Report(rep.Context.of(p, versions), overlaps=rep.decrypt_overlaps(keys, items))
+    result.notes.extend(notes)
+    _write_report(state, result, fmt, output)
+
+
+@report.command("white-space")
+@click.argument("partnership")
+@click.option("--theirs", metavar="POP", help="Only the partner's population POP.")
+@click.option(
+    "--not-in",
+    metavar="POP,...",
+    help="Net-new relative to these populations of mine only (default: all of mine).",
+)
+@_format_option
+@_key_file_option
+@pass_state
+@handle_errors
+def report_white_space(
+    state: State,
+    partnership: str,
+    theirs: str | None,
+    not_in: str | None,
+    fmt: str | None,
+    output: Path | None,
+    key_file: Path | None,
+) -> None:
+    """The partner's accounts in populations it shares in full that match none of mine
+    (or none of --not-in), with their fields (name, domain, owner email, ...)."""
+    from blindmap import reports as rep
+
+    with state.client() as client:
+        p = _resolve(client, partnership)
+        keys = _report_keys(client, p, key_file)
+        with _fetch_progress(state, "white space") as progress:
+            items, versions, notes = rep.fetch_white_space(
+                client, p.id, theirs=theirs, not_in=_split_pops(not_in), on_progress=progress
+            )
+    result = rep.Report(
+        rep.Context.of(p, versions), white_space=rep.decrypt_white_space(keys, items)
+    )
+    result.notes.extend(notes)
+    _write_report(state, result, fmt, output)
+
+
+@report.command("lookup")
+@click.argument("partnership")
+@click.argument("domains", nargs=-1, required=True, metavar="DOMAIN...")
+@_format_option
+@_key_file_option
+@pass_state
+@handle_errors
+def report_lookup(
+    state: State,
+    partnership: str,
+    domains: tuple[str, ...],
+    fmt: str | None,
+    output: Path | None,
+    key_file: Path | None,
+) -> None:
+    """Ask about accounts of mine by domain (or website/email): which of the partner's
+    populations hold each, with the released fields.
+
+    The escrow answers only for accounts in lists you synced with this partner.
+    """
+    from blindmap import normalize
+    from blindmap import reports as rep
+
+    if len(domains) > 100:
+        fail("at most 100 domains per lookup", EXIT_USAGE)
+    normalized: dict[str, str] = {}
+    for d in domains:
+        n = normalize.domain(d)
+        if n is None:
+            fail(
+                f"{d!r} has no matchable domain (free-mail, platform page, IP address or "
+                "unknown suffix)",
+                EXIT_USAGE,
+            )
+        normalized.setdefault(n, d)
+    with state.client() as client:
+        p = _resolve(client, partnership)
+        keys = _report_keys(client, p, key_file)
+        tokens = {keys.domain_token(n): n for n in normalized}
+        try:
+            resp = client.lookup(
+                p.id,
+                [protocol.LookupToken(kind=protocol.TokenKind.domain, value=t) for t in tokens],
+            )
+        except _errors.ValidationError as exc:
+            fail(
+                f"the escrow refused the lookup of {', '.join(normalized)}: it answers only for "
+                f"accounts in your own lists synced with {p.partner.slug} "
+                f"(`blindmap sync ... --partner {p.partner.slug}`). Escrow said: {exc}",
+                EXIT_REJECTED,
+            )
+    result = rep.Report(
+        rep.Context.of(p, resp.policy_versions), lookup=rep.decrypt_lookup(keys, tokens, resp)
+    )
+    _write_report(state, result, fmt, output)
+
+
+@report.command("ecosystem")
+@_format_option
+@_key_file_option
+@pass_state
+@handle_errors
+def report_ecosystem(
+    state: State, fmt: str | None, output: Path | None, key_file: Path | None
+) -> None:
+    """For each of my accounts: which partners have it, in which populations, with which
+    fields. Joined on this machine by my local id across all my active partnerships (the
+    escrow cannot join them: tokens differ per partnership)."""
+    from blindmap import keyfile
+    from blindmap import reports as rep
+
+    with _key_file_errors():
+        private = keyfile.load_private_key(key_file, passphrase=_ask_passphrase(confirm=False))
+    parts: list[tuple[Any, Any]] = []
+    notes: list[str] = []
+    with state.client() as client:
+        active = client.list_partnerships(status=protocol.PartnershipStatus.active)
+        for p in active:
+            if p.partner.public_key is None:
+                notes.append(f"{p.partner.slug}: no public key registered yet; skipped")
+                continue
+            keys = rep.ReportKeys.for_partnership(private, p)
+            with _fetch_progress(state, f"overlaps with {p.partner.slug}") as progress:
+                items, versions, more = rep.fetch_overlaps(client, p.id, on_progress=progress)
+            notes.extend(f"{p.partner.slug}: {n}" for n in more)
+            parts.append((rep.Context.of(p, versions), rep.decrypt_overlaps(keys, items)))
+    result = rep.build_ecosystem(parts)
+    result.notes.extend(notes)
+    _write_report(state, result, fmt, output)
+
+
+@report.command("html")
+@click.argument("partnership")
+@click.option("--mine", metavar="POP", help="Overlaps: only my population POP.")
+@click.option("--theirs", metavar="POP", help="Overlaps and white space: only their POP.")
+@click.option("--not-in", metavar="POP,...", help="White space relative to these of mine.")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path(_DEFAULT_HTML),
+    show_default=True,
+    help="The HTML file to write.",
+)
+@_key_file_option
+@pass_state
+@handle_errors
+def report_html(
+    state: State,
+    partnership: str,
+    mine: str | None,
+    theirs: str | None,
+    not_in: str | None,
+    output: Path,
+    key_file: Path | None,
+) -> None:
+    """The full report in one self-contained HTML file: a header (partner, time, policy
+    versions), the matrix as a heat map, the overlaps and the white space.
+
+    No scripts and no external assets: open it in any browser, or mail it.
+    """
+    from blindmap import reports as rep
+
+    with state.client() as client:
+        p = _resolve(client, partnership)
+        keys = _report_keys(client, p, key_file)
+        summary = client.report_summary(p.id)
+        result = rep.Report(
+            rep.Context.of(p, summary.policy_versions, summary.generated_at), summary=summary
+        )
+        with _fetch_progress(state, "overlaps") as progress:
+            items, versions, notes = rep.fetch_overlaps(
+                client, p.id, mine=mine, theirs=theirs, on_progress=progress
+            )
+        result.overlaps = rep.decrypt_overlaps(keys, items)
+        if versions is not None:
+            result.add_versions(versions, "overlaps")
+        with _fetch_progress(state, "white space") as progress:
+            ws, ws_versions, ws_notes = rep.fetch_white_space(
+                client, p.id, theirs=theirs, not_in=_split_pops(not_in), on_progress=progress
+            )
+        result.white_space = rep.decrypt_white_space(keys, ws)
+        if ws_versions is not None:
+            result.add_versions(ws_versions, "white space")
+    result.notes.extend(notes + ws_notes)
+    _write_report(state, result, "html", output)
+
+
+@main.group()
+def disclosures() -> None:
+    """The disclosure log: every release of data in a partnership, hash-chained.
+
+    Both partners read the same log; `verify` recomputes the chain on this machine, so
+    an escrow that edits or drops an entry is caught.
+    """
+
+
+@disclosures.command("list")
+@click.argument("partnership")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(("table", "json")),
+    default=None,
+    help="Output format [default: table, or json with --json].",
+)
+@pass_state
+@handle_errors
+def disclosures_list(state: State, partnership: str, fmt: str | None) -> None:
+    """Who saw what: every release in the partnership, oldest first."""
+    with state.client() as client:
+        p = _resolve(client, partnership)
+        entries = client.disclosures(p.id)
+    if (fmt or ("json" if state.as_json else "table")) == "json":
+        click.echo(json.dumps(_jsonable(entries), indent=2, sort_keys=True))
+        return
+    table = Table(
+        "#",
+        "when (UTC)",
+        "viewer",
+        "owner",
+        "report",
+        "viewer pop",
+        "owner pop",
+        "records",
+        "policy versions",
+        "hash",
+        title=f"Disclosure log of the partnership with {p.partner.slug} ({p.id})",
+        title_justify="left",
+    )
+    for e in entries:
+        table.add_row(
+            str(e.seq),
+            f"{e.created_at:%Y-%m-%d %H:%M:%S}",
+            e.viewer,
+            e.owner,
+            e.report,
+            e.viewer_population or "",
+            e.owner_population or "",
+            str(e.records),
+            ", ".join(f"{k} v{v}" for k, v in sorted(e.policy_versions.items())),
+            e.hash[:12] + "…",
+        )
+    state.console.print(table)
+
+
+@disclosures.command("verify")
+@click.argument("partnership")
+@pass_state
+@handle_errors
+def disclosures_verify(state: State, partnership: str) -> None:
+    """Recompute the log's hash chain; exit 6 if an entry was modified, inserted or removed."""
+    from blindmap import disclosure
+
+    with state.client() as client:
+        p = _resolve(client, partnership)
+        entries = client.disclosures(p.id)
+    try:
+        n = disclosure.verify_chain(e.model_dump() for e in entries)
+    except disclosure.ChainError as exc:
+        if state.as_json:
+            click.echo(json.dumps({"ok": False, "seq": exc.seq, "error": str(exc)}, indent=2))
+            sys.exit(EXIT_REJECTED)
+        fail(
+            f"the disclosure log of the partnership with {p.partner.slug} is BROKEN at "
+            f"{exc}. Keep a copy (`blindmap disclosures list {p.partner.slug} --format json`) "
+            "and tell your partner and the escrow operator.",
+            EXIT_REJECTED,
+        )
+    head = entries[-1].hash if entries else disclosure.GENESIS
+    state.emit(
+        {"ok": True, "entries": n, "head": head},
+        lambda: state.console.print(
+            f"[green]OK[/]: the disclosure log with {p.partner.slug} has {n} entries and its "
+            f"hash chain is intact (head {head[:16]}…).",
+            highlight=False,
+        ),
+    )
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
