@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     )
     staged_upload_ttl_seconds: int = Field(24 * 3600, ge=1)
 
+    reveal_budget_per_day: int = Field(
+        200_000, ge=1, description="partner records released to one viewer per partnership per 24 h"
+    )
+
     # Background jobs
     embedded_worker: bool = Field(True, description="run the job worker inside the API process")
     worker_poll_seconds: float = Field(1.0, gt=0)

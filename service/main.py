@@ -18,11 +18,13 @@ from service.audit.router import router as audit_router
 from service.company.router import router as company_router
 from service.config import Settings
 from service.db import make_engine, make_sessionmaker, ping
+from service.disclosure.router import router as disclosure_router
 from service.jobs import Worker
 from service.middleware import BodyLimit, RequestContext
 from service.partnership.router import router as partnership_router
 from service.policy.router import router as policy_router
 from service.population.router import router as population_router
+from service.report.router import router as report_router
 from service.upload.router import router as upload_router
 
 log = logging.getLogger("blindmap.service")
@@ -85,6 +87,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(partnership_router)
     app.include_router(policy_router)
     app.include_router(upload_router)
+    app.include_router(report_router)
+    app.include_router(disclosure_router)
     app.include_router(audit_router)
     return app
 

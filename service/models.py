@@ -322,3 +322,29 @@ class Job(Base):
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Disclosure(Base):
+    """One release of partner data to a viewer, hash-chained per partnership
+    (blindmap.disclosure). Holds counts and names, never record data; it outlives the
+    partnership so both sides can still read who saw what."""
+
+    __tablename__ = "disclosures"
+    __table_args__ = (Index(None, "partnership_id", "viewer_id", "created_at"),)
+
+    partnership_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("partnerships.id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    viewer_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("companies.id", ondelete="CASCADE"))
+    owner_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("companies.id", ondelete="CASCADE"))
+    viewer_slug: Mapped[str] = mapped_column(String(63))
+    owner_slug: Mapped[str] = mapped_column(String(63))
+    report: Mapped[str] = mapped_column(String(32))
+    viewer_population: Mapped[str | None] = mapped_column(String(63))
+    owner_population: Mapped[str | None] = mapped_column(String(63))
+    records: Mapped[int] = mapped_column(Integer)
+    policy_versions: Mapped[dict[str, int]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))

@@ -1,0 +1,154 @@
+"""SQL of the reports. Sides are normalised to "mine"/"theirs": matches store the
+inviter's record as side a and the invitee's as side b."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, exists, func, select, tuple_
+from sqlalchemy.orm import Session
+
+from service.models import matches, records, tokens
+
+
+@dataclass(frozen=True)
+class Sides:
+    """Which match columns are mine."""
+
+    mine_is_a: bool
+
+    @property
+    def my_upload(self) -> Any:
+        return matches.c.a_upload if self.mine_is_a else matches.c.b_upload
+
+    @property
+    def my_seq(self) -> Any:
+        return matches.c.a_seq if self.mine_is_a else matches.c.b_seq
+
+    @property
+    def their_upload(self) -> Any:
+        return matches.c.b_upload if self.mine_is_a else matches.c.a_upload
+
+    @property
+    def their_seq(self) -> Any:
+        return matches.c.b_seq if self.mine_is_a else matches.c.a_seq
+
+
+def matched_count(session: Session, sides: Sides, my_upload: int, their_upload: int) -> int:
+    """Distinct records of my upload that match the partner's upload."""
+    return int(
+        session.execute(
+            select(func.count(func.distinct(sides.my_seq))).where(
+                sides.my_upload == my_upload, sides.their_upload == their_upload
+            )
+        ).scalar_one()
+    )
+
+
+def matched_mine(
+    session: Session,
+    sides: Sides,
+    my_upload: int,
+    their_uploads: Sequence[int],
+    after_seq: int,
+    limit: int,
+) -> list[int]:
+    """Seqs of my records in `my_upload` matching any of `their_uploads`, ascending."""
+    if not their_uploads:
+        return []
+    rows = (
+        session.execute(
+            select(sides.my_seq)
+            .where(
+                sides.my_upload == my_upload,
+                sides.their_upload.in_(their_uploads),
+                sides.my_seq > after_seq,
+            )
+            .group_by(sides.my_seq)
+            .order_by(sides.my_seq)
+            .limit(limit)
+        )
+        .scalars()
+        .all()
+    )
+    return [int(r) for r in rows]
+
+
+def my_records(session: Session, upload: int, seqs: Sequence[int]) -> dict[int, tuple[str, bytes]]:
+    rows = session.execute(
+        select(records.c.seq, records.c.ref, records.c.self_sealed).where(
+            records.c.upload_num == upload, records.c.seq.in_(seqs)
+        )
+    ).all()
+    return {int(s): (ref, bytes(blob)) for s, ref, blob in rows}
+
+
+def partner_matches(
+    session: Session,
+    sides: Sides,
+    my_upload: int,
+    my_seqs: Sequence[int],
+    their_uploads: Sequence[int],
+) -> list[tuple[int, int, str, bytes | None]]:
+    """(my seq, their upload, their ref, their partner-sealed) for my matched records."""
+    if not my_seqs or not their_uploads:
+        return []
+    r = records.alias("their")
+    rows = session.execute(
+        select(sides.my_seq, sides.their_upload, r.c.ref, r.c.partner_sealed)
+        .join(r, and_(r.c.upload_num == sides.their_upload, r.c.seq == sides.their_seq))
+        .where(
+            sides.my_upload == my_upload,
+            sides.my_seq.in_(my_seqs),
+            sides.their_upload.in_(their_uploads),
+        )
+        .order_by(sides.my_seq, sides.their_upload, r.c.seq)
+    ).all()
+    return [(int(a), int(b), ref, bytes(p) if p is not None else None) for a, b, ref, p in rows]
+
+
+def unmatched_theirs(
+    session: Session,
+    sides: Sides,
+    their_upload: int,
+    my_uploads: Sequence[int],
+    after_seq: int,
+    limit: int,
+) -> list[tuple[int, str, bytes | None]]:
+    """The partner's records of `their_upload` matching none of `my_uploads`."""
+    cond = [records.c.upload_num == their_upload, records.c.seq > after_seq]
+    if my_uploads:
+        cond.append(
+            ~exists().where(
+                sides.their_upload == their_upload,
+                sides.their_seq == records.c.seq,
+                sides.my_upload.in_(my_uploads),
+            )
+        )
+    rows = session.execute(
+        select(records.c.seq, records.c.ref, records.c.partner_sealed)
+        .where(*cond)
+        .order_by(records.c.seq)
+        .limit(limit)
+    ).all()
+    return [(int(s), ref, bytes(p) if p is not None else None) for s, ref, p in rows]
+
+
+def my_records_with_tokens(
+    session: Session, my_uploads: Sequence[int], wanted: Sequence[tuple[int, bytes]]
+) -> dict[tuple[int, bytes], list[tuple[int, int]]]:
+    """For (kind, value) tokens: my (upload, seq) records carrying them."""
+    out: dict[tuple[int, bytes], list[tuple[int, int]]] = {w: [] for w in wanted}
+    if not my_uploads or not wanted:
+        return out
+    rows = session.execute(
+        select(tokens.c.kind, tokens.c.value, tokens.c.upload_num, tokens.c.seq).where(
+            tokens.c.upload_num.in_(my_uploads),
+            tuple_(tokens.c.kind, tokens.c.value).in_(list(wanted)),
+        )
+    ).all()
+    for kind, value, up, seq in rows:
+        out.setdefault((int(kind), bytes(value)), []).append((int(up), int(seq)))
+    return out

@@ -1,0 +1,87 @@
+"""HTTP routes for reports (reader role and up)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+
+from blindmap import protocol
+from service.auth import ReaderKey
+from service.db import SessionDep
+from service.report import service
+
+router = APIRouter(prefix="/v1/partnerships/{partnership_id}", tags=["reports"])
+Limit = Annotated[int, Query(ge=1, le=1000)]
+
+
+@router.get("/reports/summary", response_model=protocol.SummaryReport)
+def summary_report(
+    partnership_id: uuid.UUID, session: SessionDep, caller: ReaderKey
+) -> protocol.SummaryReport:
+    """The account-mapping matrix: my populations against the partner's visible ones,
+    matched accounts per cell, small cells suppressed as `<k`."""
+    return service.summary(session, caller, partnership_id)
+
+
+@router.get("/reports/overlaps", response_model=protocol.OverlapPage)
+def overlaps_report(
+    partnership_id: uuid.UUID,
+    request: Request,
+    session: SessionDep,
+    caller: ReaderKey,
+    mine: str | None = None,
+    theirs: str | None = None,
+    cursor: str | None = None,
+    limit: Limit = 100,
+) -> protocol.OverlapPage:
+    """My matched records with the partner's populations and released sealed fields."""
+    return service.overlaps(
+        session,
+        request.app.state.settings,
+        caller,
+        partnership_id,
+        mine=mine,
+        theirs=theirs,
+        cursor=cursor,
+        limit=limit,
+    )
+
+
+@router.get("/reports/white-space", response_model=protocol.WhiteSpacePage)
+def white_space_report(
+    partnership_id: uuid.UUID,
+    request: Request,
+    session: SessionDep,
+    caller: ReaderKey,
+    theirs: str | None = None,
+    not_in: Annotated[str | None, Query(description="comma-separated populations of mine")] = None,
+    cursor: str | None = None,
+    limit: Limit = 100,
+) -> protocol.WhiteSpacePage:
+    """The partner's records in `full` populations that match none of mine."""
+    pops = [s for s in (not_in or "").split(",") if s] or None
+    return service.white_space(
+        session,
+        request.app.state.settings,
+        caller,
+        partnership_id,
+        theirs=theirs,
+        not_in=pops,
+        cursor=cursor,
+        limit=limit,
+    )
+
+
+@router.post("/lookup", response_model=protocol.LookupResponse)
+def lookup(
+    partnership_id: uuid.UUID,
+    body: protocol.LookupRequest,
+    request: Request,
+    session: SessionDep,
+    caller: ReaderKey,
+) -> protocol.LookupResponse:
+    """For tokens of accounts in my own committed lists: the partner's populations and
+    released fields."""
+    return service.lookup(session, request.app.state.settings, caller, partnership_id, body)

@@ -1,0 +1,390 @@
+"""Reports: what the partner's current policy releases to me, stamped with the policy
+versions that decided it, and logged in the disclosure chain (DESIGN §5-6)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from blindmap import protocol
+from blindmap.policy import Effective, Policy, ReportKind, Share, count_cell, effective
+from service import errors
+from service.auth import Principal
+from service.config import Settings
+from service.disclosure import service as disclosures
+from service.models import Partnership, Population, Upload, utcnow
+from service.models import Policy as PolicyRow
+from service.partnership import service as partnerships
+from service.policy import service as policies
+from service.report import queries
+from service.upload.ingest import KIND_CODES
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+@dataclass
+class Context:
+    """Everything a report needs, read once: both policies and both committed lists."""
+
+    p: Partnership
+    me: uuid.UUID
+    partner: uuid.UUID
+    my_policy: Policy
+    their_policy: Policy
+    my_row: PolicyRow
+    their_row: PolicyRow
+    mine: dict[str, tuple[Upload, Population]]
+    theirs: dict[str, tuple[Upload, Population]]
+    sides: queries.Sides
+
+    @property
+    def versions(self) -> protocol.PolicyVersions:
+        return protocol.PolicyVersions(mine=self.my_row.version, partner=self.their_row.version)
+
+    def eff(self, their_pop: str, my_pop: str | None) -> Effective:
+        """What the partner's policy releases of its `their_pop` to my `my_pop`."""
+        return effective(
+            self.their_policy,
+            their_pop,
+            viewer=self.my_policy,
+            viewer_population=my_pop,
+            policy_version=self.their_row.version,
+            viewer_policy_version=self.my_row.version,
+        )
+
+
+def _committed(
+    session: Session, pid: uuid.UUID, company_id: uuid.UUID
+) -> dict[str, tuple[Upload, Population]]:
+    rows = session.execute(
+        select(Upload, Population)
+        .join(Population, Population.id == Upload.population_id)
+        .where(
+            Upload.partnership_id == pid,
+            Upload.company_id == company_id,
+            Upload.status == "committed",
+        )
+        .order_by(Population.slug)
+    ).all()
+    return {pop.slug: (up, pop) for up, pop in rows}
+
+
+def context(session: Session, caller: Principal, pid: uuid.UUID, *, lock: bool) -> Context:
+    p = partnerships.get(session, caller.company_id, pid, for_update=lock)
+    if p.status != "active":
+        raise errors.Conflict(f"This partnership is {p.status}; reports need an active one.")
+    partner = partnerships.partner_id_of(p, caller.company_id)
+    my_row, their_row = (
+        policies.current(session, p.id, caller.company_id),
+        policies.current(session, p.id, partner),
+    )
+    return Context(
+        p=p,
+        me=caller.company_id,
+        partner=partner,
+        my_policy=Policy.model_validate(my_row.document),
+        their_policy=Policy.model_validate(their_row.document),
+        my_row=my_row,
+        their_row=their_row,
+        mine=_committed(session, p.id, caller.company_id),
+        theirs=_committed(session, p.id, partner),
+        sides=queries.Sides(mine_is_a=p.inviter_id == caller.company_id),
+    )
+
+
+def _log(
+    session: Session,
+    ctx: Context,
+    report: ReportKind,
+    records: int,
+    my_pop: str | None = None,
+    their_pop: str | None = None,
+) -> None:
+    disclosures.append(
+        session,
+        ctx.p,
+        viewer_id=ctx.me,
+        owner_id=ctx.partner,
+        report=report.value,
+        records=records,
+        viewer_population=my_pop,
+        owner_population=their_pop,
+        policy_versions={"viewer": ctx.my_row.version, "owner": ctx.their_row.version},
+    )
+
+
+def _population_or_404(
+    slug: str | None, side: dict[str, tuple[Upload, Population]], what: str
+) -> None:
+    if slug is not None and slug not in side:
+        raise errors.NotFound(f"No committed list for {what} population '{slug}'.")
+
+
+# -- summary ------------------------------------------------------------------------------
+def summary(session: Session, caller: Principal, pid: uuid.UUID) -> protocol.SummaryReport:
+    ctx = context(session, caller, pid, lock=True)
+    visible = [
+        x
+        for x in ctx.theirs
+        if ctx.eff(x, None).level >= Share.count
+        or any(ctx.eff(x, y).level >= Share.count for y in ctx.mine)
+    ]
+    cells: list[protocol.SummaryCell] = []
+    for y, (my_up, _) in ctx.mine.items():
+        for x in visible:
+            eff = ctx.eff(x, y)
+            if eff.level < Share.count:
+                continue
+            their_up = ctx.theirs[x][0]
+            matched = queries.matched_count(session, ctx.sides, my_up.num, their_up.num)
+            shown = count_cell(eff, matched, my_up.record_count)
+            cells.append(
+                protocol.SummaryCell(
+                    mine=y,
+                    theirs=x,
+                    matched=shown if isinstance(shown, int) else None,
+                    display=str(shown) if shown is not None else "—",
+                )
+            )
+    _log(session, ctx, ReportKind.summary, 0)
+    return protocol.SummaryReport(
+        partnership_id=ctx.p.id,
+        generated_at=utcnow(),
+        mine=[
+            protocol.ReportPopulation(
+                slug=y,
+                display_name=pop.display_name,
+                kind=protocol.PopulationKind(pop.kind),
+                records=up.record_count,
+            )
+            for y, (up, pop) in ctx.mine.items()
+        ],
+        theirs=[
+            protocol.ReportPopulation(
+                slug=x,
+                display_name=ctx.theirs[x][1].display_name,
+                kind=protocol.PopulationKind(ctx.theirs[x][1].kind),
+                records=ctx.theirs[x][0].record_count,
+            )
+            for x in visible
+        ],
+        cells=cells,
+        min_count=ctx.their_policy.min_count,
+        min_population=ctx.their_policy.min_population,
+        policy_versions=ctx.versions,
+    )
+
+
+# -- partner records ----------------------------------------------------------------------
+def _partner_record(
+    up: Upload, pop: str, eff: Effective, ref: str, sealed: bytes | None
+) -> protocol.PartnerRecord:
+    """A partner record as released: the payload only if every field sealed in it is
+    still allowed (DESIGN §5: withheld until the owner re-syncs)."""
+    if sealed is None or not up.sealed_fields:
+        return protocol.PartnerRecord(population=pop, ref=ref)
+    dropped = [f for f in up.sealed_fields if f not in eff.fields]
+    if dropped:
+        return protocol.PartnerRecord(
+            population=pop,
+            ref=ref,
+            withheld=f"the partner's policy no longer releases {dropped}; "
+            "withheld until it re-syncs",
+        )
+    return protocol.PartnerRecord(
+        population=pop, ref=ref, sealed=_b64(sealed), fields=list(up.sealed_fields)
+    )
+
+
+def _cursor(cursor: str | None) -> tuple[int, int]:
+    if not cursor:
+        return (0, -1)
+    try:
+        a, b = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        return int(a), int(b)
+    except (ValueError, TypeError, binascii.Error):
+        raise errors.Unprocessable(
+            "Invalid cursor",
+            errors=[{"field": "cursor", "in": "query", "message": "not a cursor this API issued"}],
+        ) from None
+
+
+def _next_cursor(upload_num: int, seq: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps([upload_num, seq]).encode()).rstrip(b"=").decode()
+
+
+def overlaps(
+    session: Session,
+    settings: Settings,
+    caller: Principal,
+    pid: uuid.UUID,
+    *,
+    mine: str | None,
+    theirs: str | None,
+    cursor: str | None,
+    limit: int,
+) -> protocol.OverlapPage:
+    ctx = context(session, caller, pid, lock=True)
+    _population_or_404(mine, ctx.mine, "your")
+    if theirs is not None and (
+        theirs not in ctx.theirs or ctx.eff(theirs, mine).level < Share.count
+    ):
+        raise errors.NotFound(f"No population '{theirs}' of your partner is visible to you.")
+    after_up, after_seq = _cursor(cursor)
+    items: list[protocol.OverlapItem] = []
+    released = 0
+    next_cursor = None
+    for y in sorted(ctx.mine, key=lambda s: ctx.mine[s][0].num):
+        my_up, _ = ctx.mine[y]
+        if (mine and y != mine) or my_up.num < after_up:
+            continue
+        allowed = {x: ctx.eff(x, y) for x in ctx.theirs if (not theirs or x == theirs)}
+        allowed = {x: e for x, e in allowed.items() if e.level >= Share.overlap}
+        by_num = {ctx.theirs[x][0].num: x for x in allowed}
+        start = after_seq if my_up.num == after_up else -1
+        seqs = queries.matched_mine(
+            session, ctx.sides, my_up.num, list(by_num), start, limit - len(items) + 1
+        )
+        more = len(seqs) > limit - len(items)
+        seqs = seqs[: limit - len(items)]
+        recs = queries.my_records(session, my_up.num, seqs)
+        found: dict[int, list[protocol.PartnerRecord]] = defaultdict(list)
+        for my_seq, their_num, ref, sealed in queries.partner_matches(
+            session, ctx.sides, my_up.num, seqs, list(by_num)
+        ):
+            x = by_num[their_num]
+            found[my_seq].append(_partner_record(ctx.theirs[x][0], x, allowed[x], ref, sealed))
+        for s in seqs:
+            ref, self_sealed = recs[s]
+            items.append(
+                protocol.OverlapItem(
+                    ref=ref, population=y, self_sealed=_b64(self_sealed), partner=found[s]
+                )
+            )
+            released += len(found[s])
+        if more or len(items) >= limit:
+            if seqs:
+                next_cursor = _next_cursor(my_up.num, seqs[-1])
+            break
+    disclosures.check_budget(session, ctx.p, ctx.me, released, settings.reveal_budget_per_day)
+    if released:
+        _log(session, ctx, ReportKind.overlaps, released, mine, theirs)
+    return protocol.OverlapPage(
+        partnership_id=ctx.p.id, items=items, next_cursor=next_cursor, policy_versions=ctx.versions
+    )
+
+
+def white_space(
+    session: Session,
+    settings: Settings,
+    caller: Principal,
+    pid: uuid.UUID,
+    *,
+    theirs: str | None,
+    not_in: list[str] | None,
+    cursor: str | None,
+    limit: int,
+) -> protocol.WhiteSpacePage:
+    ctx = context(session, caller, pid, lock=True)
+    for y in not_in or []:
+        _population_or_404(y, ctx.mine, "your")
+    full = [x for x in ctx.theirs if ctx.eff(x, None).level >= Share.full]
+    if theirs is not None:
+        if theirs not in full:
+            raise errors.NotFound(f"Your partner shares no population '{theirs}' in full.")
+        full = [theirs]
+    my_nums = [ctx.mine[y][0].num for y in (not_in if not_in else list(ctx.mine))]
+    after_up, after_seq = _cursor(cursor)
+    items: list[protocol.PartnerRecord] = []
+    next_cursor = None
+    for x in sorted(full, key=lambda s: ctx.theirs[s][0].num):
+        up = ctx.theirs[x][0]
+        if up.num < after_up:
+            continue
+        eff = ctx.eff(x, None)
+        start = after_seq if up.num == after_up else -1
+        rows = queries.unmatched_theirs(
+            session, ctx.sides, up.num, my_nums, start, limit - len(items) + 1
+        )
+        more = len(rows) > limit - len(items)
+        rows = rows[: limit - len(items)]
+        items += [_partner_record(up, x, eff, ref, sealed) for _, ref, sealed in rows]
+        if more or len(items) >= limit:
+            if rows:
+                next_cursor = _next_cursor(up.num, rows[-1][0])
+            break
+    disclosures.check_budget(session, ctx.p, ctx.me, len(items), settings.reveal_budget_per_day)
+    if items:
+        _log(session, ctx, ReportKind.white_space, len(items), None, theirs)
+    return protocol.WhiteSpacePage(
+        partnership_id=ctx.p.id, items=items, next_cursor=next_cursor, policy_versions=ctx.versions
+    )
+
+
+def lookup(
+    session: Session,
+    settings: Settings,
+    caller: Principal,
+    pid: uuid.UUID,
+    body: protocol.LookupRequest,
+) -> protocol.LookupResponse:
+    ctx = context(session, caller, pid, lock=True)
+    wanted: list[tuple[int, bytes]] = []
+    for i, t in enumerate(body.tokens):
+        try:
+            raw = base64.urlsafe_b64decode(t.value + "=" * (-len(t.value) % 4))
+        except (binascii.Error, ValueError):
+            raw = b""
+        if len(raw) != protocol.TOKEN_BYTES:
+            raise errors.Unprocessable(
+                f"tokens[{i}].value must be base64url of {protocol.TOKEN_BYTES} bytes",
+                errors=[{"field": f"tokens.{i}.value", "in": "body", "message": "not a token"}],
+            )
+        wanted.append((KIND_CODES[t.kind.value], raw))
+    by_upload = {up.num: y for y, (up, _) in ctx.mine.items()}
+    found = queries.my_records_with_tokens(session, list(by_upload), wanted)
+    missing = [i for i, w in enumerate(wanted) if not found.get(w)]
+    if missing:
+        raise errors.Unprocessable(
+            "Lookup answers only for accounts in your own committed lists; "
+            f"not found there: tokens {missing}. Sync the account first.",
+            errors=[
+                {"field": f"tokens.{i}", "in": "body", "message": "not in your committed lists"}
+                for i in missing
+            ],
+        )
+    results: list[protocol.LookupResult] = []
+    released = 0
+    for t, w in zip(body.tokens, wanted, strict=True):
+        partner: list[protocol.PartnerRecord] = []
+        seen: set[tuple[int, str]] = set()
+        for up_num, seq in found[w]:
+            y = by_upload[up_num]
+            allowed = {x: ctx.eff(x, y) for x in ctx.theirs}
+            allowed = {x: e for x, e in allowed.items() if e.level >= Share.overlap}
+            by_num = {ctx.theirs[x][0].num: x for x in allowed}
+            for _, their_num, ref, sealed in queries.partner_matches(
+                session, ctx.sides, up_num, [seq], list(by_num)
+            ):
+                if (their_num, ref) in seen:
+                    continue
+                seen.add((their_num, ref))
+                x = by_num[their_num]
+                partner.append(_partner_record(ctx.theirs[x][0], x, allowed[x], ref, sealed))
+        released += len(partner)
+        results.append(protocol.LookupResult(kind=t.kind, value=t.value, partner=partner))
+    disclosures.check_budget(session, ctx.p, ctx.me, released, settings.reveal_budget_per_day)
+    if released:
+        _log(session, ctx, ReportKind.lookup, released)
+    return protocol.LookupResponse(
+        partnership_id=ctx.p.id, results=results, policy_versions=ctx.versions
+    )
