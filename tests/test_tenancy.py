@@ -37,6 +37,7 @@ SAMPLE_BODIES = {
         "chunk_count": 0,
         "digest": "0" * 64,
     },
+    ("POST", "/v1/partnerships/{partnership_id}/lookup"): {"tokens": [{"value": "A" * 22}]},
 }
 
 
