@@ -170,3 +170,16 @@ def test_non_json_error_body_still_raises_typed_error():
     with pytest.raises(blindmap.InternalServerError) as exc:
         c.me()
     assert exc.value.status_code == 502 and "bad gateway" in exc.value.detail
+
+
+def test_a_long_retry_after_is_raised_at_once():
+    calls = []
+
+    def handler(request):
+        calls.append(1)
+        return httpx.Response(429, headers={"Retry-After": "3600"}, json={"title": "Too many requests", "status": 429})
+
+    c = _client(handler)
+    with pytest.raises(blindmap.RateLimitError):
+        c.me()
+    assert len(calls) == 1 and c.slept == []

@@ -107,8 +107,15 @@ class Client:
                     ) from exc
                 self._sleep(self._backoff(attempt))
             else:
-                if resp.status_code in _RETRY_STATUSES and attempt < self.max_retries:
-                    self._sleep(self._retry_after(resp) or self._backoff(attempt))
+                wait = self._retry_after(resp)
+                if (
+                    resp.status_code in _RETRY_STATUSES
+                    and attempt < self.max_retries
+                    and (wait is None or wait <= _MAX_RETRY_AFTER)
+                ):
+                    # A long Retry-After (a daily limit) is an answer, not a hiccup:
+                    # raise at once instead of sleeping for minutes.
+                    self._sleep(wait if wait is not None else self._backoff(attempt))
                 elif resp.is_error:
                     raise from_response(resp)
                 else:
@@ -125,7 +132,7 @@ class Client:
         if value is None:
             return None
         try:
-            return max(0.0, min(float(value), _MAX_RETRY_AFTER))
+            return max(0.0, float(value))
         except ValueError:
             return None
 

@@ -252,7 +252,9 @@ def _show_key_info(state: State, title: str, info: Any) -> None:
     state.console.print(f"  fingerprint: {info.fingerprint}", highlight=False)
     state.console.print(f"  public key:  {info.public_key_text}", highlight=False)
     if info.backup is not None:
-        state.console.print(f"  previous key kept as {info.backup}", highlight=False, soft_wrap=True)
+        state.console.print(
+            f"  previous key kept as {info.backup}", highlight=False, soft_wrap=True
+        )
 
 
 @main.command()
@@ -655,15 +657,12 @@ def policy_show(state: State, partnership: str, partner_side: bool) -> None:
             state.emit(view, human)
             return
         mine = client.get_policy(p.id)
-    state.emit(
-        mine,
-        lambda: (
-            state.console.print(
-                f"# policy v{mine.version} toward {p.partner.slug}", highlight=False
-            ),
-            click.echo(Policy.model_validate(mine.document).to_yaml()),
-        ),
-    )
+
+    def show_mine() -> None:
+        state.console.print(f"# policy v{mine.version} toward {p.partner.slug}", highlight=False)
+        click.echo(Policy.model_validate(mine.document).to_yaml())
+
+    state.emit(mine, show_mine)
 
 
 def _load_policy_file(path: Path) -> Any:
