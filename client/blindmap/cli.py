@@ -1346,6 +1346,8 @@ def disclosures() -> None:
 @handle_errors
 def disclosures_list(state: State, partnership: str, fmt: str | None) -> None:
     """Who saw what: every release in the partnership, oldest first."""
+    from rich.table import Column
+
     with state.client() as client:
         p = _resolve(client, partnership)
         entries = client.disclosures(p.id)
@@ -1354,7 +1356,7 @@ def disclosures_list(state: State, partnership: str, fmt: str | None) -> None:
         return
     table = Table(
         "#",
-        "when (UTC)",
+        Column("when (UTC)", no_wrap=True),
         "viewer",
         "owner",
         "report",
@@ -1376,8 +1378,8 @@ def disclosures_list(state: State, partnership: str, fmt: str | None) -> None:
             e.viewer_population or "",
             e.owner_population or "",
             str(e.records),
-            ", ".join(f"{k} v{v}" for k, v in sorted(e.policy_versions.items())),
-            e.hash[:12] + "…",
+            " ".join(f"{k}:v{v}" for k, v in sorted(e.policy_versions.items())),
+            e.hash[:8] + "…",
         )
     state.console.print(table)
 

@@ -558,7 +558,7 @@ def _overlap_grid(rows: Sequence[OverlapRow]) -> Grid:
     cols = ["my id", "my name", "my domain", "my population", "their population"]
     cols += [f"their {f}" for f in fcols] + ["note"]
     out: list[list[Cell]] = []
-    for o in rows:
+    for o in sorted(rows, key=lambda o: (o.mine.population, (o.mine.name or "").casefold())):
         m = o.mine
         mine: list[Cell] = [
             m.local_id,
@@ -581,8 +581,9 @@ def _overlap_grid(rows: Sequence[OverlapRow]) -> Grid:
 def _white_space_grid(rows: Sequence[Released]) -> Grid:
     fcols = _field_columns([rows])
     cols = ["their population", *fcols, "note"]
+    ordered = sorted(rows, key=lambda r: (r.population, str(r.fields.get("name", "")).casefold()))
     out: list[list[Cell]] = [
-        [r.population, *(_cell(r.fields.get(f)) for f in fcols), r.note] for r in rows
+        [r.population, *(_cell(r.fields.get(f)) for f in fcols), r.note] for r in ordered
     ]
     return Grid(
         "white_space",
@@ -740,16 +741,32 @@ def render_table(report: AnyReport, console: Any) -> None:
     grids = [_ecosystem_grid(report)] if isinstance(report, EcosystemReport) else _grids(report)
     for g in grids:
         table = Table(title=f"{g.title} ({_count_text(g)})", title_justify="left")
-        for col in g.columns:
-            table.add_column(t(col), overflow="fold")
+        keep = _compact_columns(g)
+        for i in keep:
+            table.add_column(t(g.columns[i]), no_wrap=g.columns[i] in _NO_WRAP)
         for grid_row in g.rows:
-            table.add_row(*(t(v) for v in grid_row))
+            table.add_row(*(t(grid_row[i]) for i in keep))
         if g.rows:
             console.print(table)
         else:
             console.print(Text(f"{g.title}: {g.empty}"))
     for line in _footer_lines(report):
         console.print(Text(_clean(line), style="yellow"))
+
+
+_NO_WRAP: Final = frozenset({"my id", "my population", "their population", "partners"})
+
+
+def _compact_columns(g: Grid) -> list[int]:
+    """Columns worth a terminal's width: no all-empty column, and no "their domain" that
+    repeats "my domain" on every row (a domain match). CSV and JSON keep them all."""
+    keep = [i for i in range(len(g.columns)) if any(r[i] not in (None, "") for r in g.rows)]
+    cols = g.columns
+    if "my domain" in cols and "their domain" in cols:
+        mine, theirs = cols.index("my domain"), cols.index("their domain")
+        if theirs in keep and all(r[theirs] in (None, "", r[mine]) for r in g.rows):
+            keep.remove(theirs)
+    return keep or list(range(len(cols)))
 
 
 def _count_text(g: Grid) -> str:
@@ -919,7 +936,7 @@ _CSS: Final = """
 *{box-sizing:border-box}
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;
 color:var(--ink);margin:0;background:#f9fafb}
-main{max-width:1200px;margin:0 auto;padding:28px 32px 48px}
+main{max-width:1360px;margin:0 auto;padding:28px 32px 48px}
 header{background:#fff;border:1px solid var(--line);border-radius:10px;padding:18px 22px;
 margin-bottom:24px}
 h1{font-size:22px;margin:0 0 6px}
@@ -929,8 +946,11 @@ h2{font-size:17px;margin:28px 0 10px}
 section{background:#fff;border:1px solid var(--line);border-radius:10px;padding:4px 22px 18px;
 margin-bottom:22px;overflow-x:auto}
 table{border-collapse:collapse;width:100%;margin-top:6px}
-th,td{padding:6px 10px;border-bottom:1px solid var(--line);text-align:left;vertical-align:top}
-th{font-weight:600;background:#f3f4f6;white-space:nowrap}
+th,td{padding:6px 9px;font-size:13.5px;border-bottom:1px solid var(--line);text-align:left;
+vertical-align:top}
+th{font-weight:600;background:#f3f4f6}
+td{overflow-wrap:anywhere}
+td.nw{white-space:nowrap;overflow-wrap:normal}
 tbody tr:hover td{background:#f9fafb}
 table.heat{width:auto}
 table.heat td{text-align:center;min-width:96px;font-variant-numeric:tabular-nums;
@@ -1006,16 +1026,20 @@ def _heat_html(s: protocol.SummaryReport) -> str:
 def _grid_html(g: Grid) -> str:
     if not g.rows:
         return f'<p class="empty">{_e(g.empty)}</p>'
+    keep = _compact_columns(g)
     out = ["<table><thead><tr>"]
-    out += [f'<th scope="col">{_e(c)}</th>' for c in g.columns]
+    out += [f'<th scope="col">{_e(g.columns[i])}</th>' for i in keep]
     out.append("</tr></thead><tbody>")
     for row in g.rows:
         out.append("<tr>")
-        for v in row:
+        for i in keep:
+            v = row[i]
             if isinstance(v, int):
                 out.append(f'<td class="num">{v}</td>')
             elif v == UNDECRYPTABLE:
                 out.append(f'<td class="bad">{_e(v)}</td>')
+            elif g.columns[i] in _NO_WRAP:
+                out.append(f'<td class="nw">{_e(v)}</td>')
             else:
                 out.append(f"<td>{_e(v)}</td>")
         out.append("</tr>")
