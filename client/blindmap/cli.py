@@ -1075,8 +1075,10 @@ def report() -> None:
     output names the partnership and the policy versions that produced it. CSV cells a
     spreadsheet would run as formulas are prefixed with '.
 
-    Fetching overlaps, white space or a lookup is a release of the partner's data: the
-    escrow logs it in the disclosure log both partners can read (`blindmap disclosures`).
+    Every report is a release of the partner's data: the escrow logs it in the
+    disclosure log both partners can read (`blindmap disclosures`), and overlaps, white
+    space and lookups count against the partnership's daily reveal budget (exit 8 when
+    it is spent).
     """
 
 
