@@ -16,7 +16,10 @@ from blindmap import keyfile
 
 
 def store_path(key_file: Path | None = None) -> Path:
-    return (key_file or keyfile.default_key_path()).parent / "verified.json"
+    # Named after the key file: two companies' key files in one directory must not
+    # share their verifications (they would hold each other's partner key).
+    base = key_file or keyfile.default_key_path()
+    return base.with_name(base.stem + ".verified.json")
 
 
 def load(key_file: Path | None = None) -> dict[str, Any]:

@@ -594,6 +594,58 @@ def partners_verify(state: State, partnership: str, code: str, key_file: Path | 
     )
 
 
+@partners.command("status")
+@click.argument("partnership")
+@click.option(
+    "--wait",
+    "wait_seconds",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Wait up to this many seconds for my lists' match jobs to finish.",
+)
+@pass_state
+@handle_errors
+def partners_status(state: State, partnership: str, wait_seconds: float) -> None:
+    """Both sides' committed lists: size, upload time, normalizer, stale keys, matching."""
+    import time
+
+    with state.client() as client:
+        p = _resolve(client, partnership)
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            st = client.sync_status(p.id)
+            busy = [
+                s
+                for s in st.mine
+                if s.match_job in (protocol.JobState.queued, protocol.JobState.running)
+            ]
+            if not busy or time.monotonic() >= deadline:
+                break
+            time.sleep(0.2)
+
+    def human() -> None:
+        table = Table(
+            "side", "population", "records", "committed", "normalizer", "keys", "matching"
+        )
+        for side, rows in (("mine", st.mine), (p.partner.slug, st.partner)):
+            for s in rows:
+                table.add_row(
+                    side,
+                    s.population,
+                    str(s.records),
+                    f"{s.committed_at:%Y-%m-%d %H:%M}",
+                    s.normalizer_version,
+                    "STALE" if s.stale_keys else "ok",
+                    s.match_job.value if s.match_job else "",
+                )
+        state.console.print(table)
+        for w in st.warnings:
+            state.console.print(f"[yellow]warning:[/] {w}", highlight=False)
+
+    state.emit(st, human)
+
+
 @partners.command("end")
 @click.argument("partnership")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")

@@ -763,11 +763,13 @@ def guess_population_kind(slug: str) -> protocol.PopulationKind:
 
 
 def default_state_dir(key_file: str | os.PathLike[str] | None = None) -> Path:
-    """``uploads/`` beside the key file: where staged uploads wait to be resumed."""
+    """``<key file stem>.uploads/`` beside the key file: where staged uploads wait to be
+    resumed. Named after the key file so that two companies' key files in one directory
+    (two partners of one partnership) never share upload state."""
     from blindmap import keyfile
 
     base = Path(key_file).expanduser() if key_file else keyfile.default_key_path()
-    return base.parent / "uploads"
+    return base.with_name(base.stem + ".uploads")
 
 
 def _private_dir(path: Path) -> None:
