@@ -243,7 +243,7 @@ def test_resume_after_failure_and_shrink_guard(  # type: ignore[no-untyped-def]
     }
     with pytest.raises(bsync.SyncError, match="run the same command again"):
         bsync.sync(flaky, ACME, **kw)
-    staged_dir = tmp_path / a.slug / "uploads" / f"{pid}-customers"
+    staged_dir = bsync.default_state_dir(key_file) / f"{pid}-customers"
     state = json.loads((staged_dir / "state.json").read_text())
     up = base.get_upload(state["upload_id"])
     assert up.status.value == "staged" and up.received_chunks == [0, 1]
