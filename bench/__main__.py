@@ -10,6 +10,8 @@ import sys
 BENCHES: dict[str, str] = {
     "crypto": "bench.bench_crypto",
     "normalize": "bench.bench_normalize",
+    "pipeline": "bench.bench_pipeline",
+    "ingest": "bench.bench_ingest",
 }
 
 
