@@ -17,7 +17,7 @@ from service.upload.ingest import KIND_CODES
 
 _JOIN = text(
     "INSERT INTO matches (a_upload, a_seq, b_upload, b_seq, partnership_id) "
-    "SELECT DISTINCT :a_upload, {a_seq}, :b_upload, {b_seq}, :pid "
+    "SELECT :a_upload, {a_seq}, :b_upload, {b_seq}, :pid "
     "FROM tokens t1 JOIN tokens t2 ON t2.upload_num = :other AND t2.kind = t1.kind "
     "AND t2.value = t1.value "
     "WHERE t1.upload_num = :mine AND t1.kind = :kind "
@@ -59,6 +59,11 @@ def run_match(session: Session, job: Job) -> None:
     session.execute(
         delete(matches).where(or_(matches.c.a_upload == up.num, matches.c.b_upload == up.num))
     )
+    if session.get_bind().dialect.name == "postgresql":
+        # A fresh upload has no planner statistics until autovacuum analyses it, and the
+        # planner then picks a nested loop over every token pair (50k x 50k: minutes). A
+        # hash or merge join is always right for this equi-join.
+        session.execute(text("SET LOCAL enable_nestloop = off"))
     for other in others:
         a, b = (up, other) if i_am_a else (other, up)
         sql = _JOIN.text.format(
