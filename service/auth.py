@@ -18,6 +18,7 @@ from datetime import timedelta
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 
 from blindmap.protocol import Role
@@ -89,7 +90,20 @@ class Principal:
         return Role(self.key.role)
 
 
-def authenticate(request: Request, session: SessionDep) -> Principal:
+# Declares the scheme in the OpenAPI document (every authenticated operation lists it);
+# the header itself is parsed below so that every failure gets the same 401 body.
+_BEARER = HTTPBearer(
+    auto_error=False,
+    scheme_name="apiKey",
+    description="An API key of the company: `Authorization: Bearer bmk_…`",
+)
+
+
+def authenticate(
+    request: Request,
+    session: SessionDep,
+    _declared: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)],
+) -> Principal:
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
     key = key.strip()

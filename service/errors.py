@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
 PROBLEM_JSON = "application/problem+json"
 TYPE_BASE = "https://blindmap.dev/problems/"
 
@@ -103,5 +105,48 @@ BY_STATUS: dict[int, type[ServiceError]] = {
         Unprocessable,
         RateLimited,
         Unavailable,
+    )
+}
+
+
+class FieldError(BaseModel):
+    """One invalid input of a 422 (or 400) problem."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    field: str = Field(description="Dotted path of the input, e.g. 'cursor' or 'key_epochs.mine'")
+    in_: str | None = Field(None, alias="in", description="body, query, path or header")
+    message: str
+    type: str | None = None
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem detail, sent as application/problem+json. Some problems add
+    members (e.g. `required_role` on 403, `limit_bytes` on 413)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(description=f"{TYPE_BASE}<slug>")
+    title: str
+    status: int
+    instance: str = Field(description="The request path")
+    detail: str | None = None
+    errors: list[FieldError] | None = None
+
+
+# Declared on every operation (the app's default `responses`); main.py documents them as
+# application/problem+json. 503 is declared where it can happen (/readyz).
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    cls.status: {"model": Problem, "description": cls.title}
+    for cls in (
+        BadRequest,
+        Unauthenticated,
+        Forbidden,
+        NotFound,
+        Conflict,
+        PayloadTooLarge,
+        UnsupportedMediaType,
+        Unprocessable,
+        RateLimited,
     )
 }

@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from service import errors, logs
 from service.api_key.router import router as api_key_router
@@ -57,7 +58,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "ciphertext only; see docs/protocol.md. Errors are RFC 9457 problem+json."
         ),
         lifespan=lifespan,
+        responses=errors.PROBLEM_RESPONSES,
     )
+    _document_problems(app)
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessionmaker = make_sessionmaker(engine)
@@ -71,7 +74,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Liveness: the process answers."""
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["ops"], responses={503: {"description": "database unreachable"}})
+    @app.get(
+        "/readyz",
+        tags=["ops"],
+        responses={503: {"model": errors.Problem, "description": "database unreachable"}},
+    )
     def readyz() -> dict[str, str]:
         """Readiness: the database answers."""
         try:
@@ -91,6 +98,34 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(disclosure_router)
     app.include_router(audit_router)
     return app
+
+
+def _document_problems(app: FastAPI) -> None:
+    """Document the error responses with their real media type, application/problem+json
+    (FastAPI puts a response `model` under application/json)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            for item in schema["paths"].values():
+                for operation in item.values():
+                    for code, response in operation.get("responses", {}).items():
+                        content = response.get("content", {})
+                        if code.isdigit() and int(code) >= 400 and "application/json" in content:
+                            response["content"] = {errors.PROBLEM_JSON: content["application/json"]}
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method of every route at this path (Starlette's 405 names only the first)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if route.matches(request.scope)[0] is not Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return ", ".join(sorted(methods))
 
 
 def _problem(request: Request, exc: errors.ServiceError) -> JSONResponse:
@@ -131,7 +166,10 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         cls = errors.BY_STATUS.get(exc.status_code, errors.ServiceError)
-        err = cls(str(exc.detail) if exc.detail else None, headers=dict(exc.headers or {}))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = _allowed_methods(request)
+        err = cls(str(exc.detail) if exc.detail else None, headers=headers)
         if cls is errors.ServiceError:
             err.status = exc.status_code
         return _problem(request, err)

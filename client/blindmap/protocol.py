@@ -31,7 +31,10 @@ _ROLE_RANK = {Role.reader: 0, Role.uploader: 1, Role.admin: 2}
 Slug = Annotated[
     str, StringConstraints(pattern=r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$", max_length=63)
 ]
-DisplayName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+# `\S`: a name of spaces only is refused, and the schema says so.
+DisplayName = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=r"\S")
+]
 
 
 class _Request(BaseModel):
@@ -221,6 +224,11 @@ TOKEN_BYTES = 16
 MAX_TOKENS_PER_RECORD = 8
 MAX_REF_CHARS = 64
 NDJSON = "application/x-ndjson"
+BINARY_CHUNK = "application/vnd.blindmap.chunk+binary"
+"""Compact chunk format (docs/protocol.md §8.3): raw bytes, length-prefixed, no base64."""
+BINARY_CHUNK_MAGIC = b"BMC1"
+BINARY_KIND_CODES = {"domain": 0, "name": 1}
+"""Token kind → its one-byte code in binary chunks."""
 Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
 
@@ -389,7 +397,10 @@ class WhiteSpacePage(_Response):
 
 class LookupToken(_Request):
     kind: TokenKind = TokenKind.domain
-    value: str = Field(description="base64url of the 16-byte token")
+    value: str = Field(
+        description="base64url of the 16-byte token, unpadded",
+        pattern=r"^[A-Za-z0-9_-]{21}[AQgw]$",
+    )
 
 
 class LookupRequest(_Request):
