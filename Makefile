@@ -39,5 +39,8 @@ bench: $(STAMP)
 load: $(STAMP)
 	$(BIN)/python -m bench.load $(LOAD_ARGS)
 
+fuzz: $(STAMP)  # the long schemathesis run (make test runs FUZZ_EXAMPLES=8)
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-500} $(BIN)/python -m pytest -n 2 -q tests/test_fuzz.py $(PYTEST_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
