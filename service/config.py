@@ -55,6 +55,24 @@ class Settings(BaseSettings):
         200_000, ge=1, description="partner records released to one viewer per partnership per 24 h"
     )
 
+    # Idempotency-Key on POST (service/idempotency.py)
+    idempotency_ttl_seconds: int = Field(
+        24 * 3600, ge=60, description="how long a key and its saved response are kept"
+    )
+    idempotency_lock_seconds: int = Field(
+        300, ge=1, description="an in-flight key older than this is presumed abandoned"
+    )
+
+    # Per-API-key rate limit (service/ratelimit.py): a token bucket per key, per process
+    rate_limit_enabled: bool = True
+    rate_limit_per_second: float = Field(
+        1000.0, gt=0, description="sustained requests per second per API key"
+    )
+    rate_limit_burst: int = Field(2000, ge=1, description="bucket size: requests in a burst")
+    rate_limit_delay_seconds: float = Field(
+        0.25, ge=0, le=5, description="a 429 is held this long (slows closed-loop floods)"
+    )
+
     # Background jobs
     embedded_worker: bool = Field(True, description="run the job worker inside the API process")
     worker_poll_seconds: float = Field(1.0, gt=0)

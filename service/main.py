@@ -20,11 +20,13 @@ from service.company.router import router as company_router
 from service.config import Settings
 from service.db import make_engine, make_sessionmaker, ping
 from service.disclosure.router import router as disclosure_router
+from service.idempotency import Idempotency
 from service.jobs import Worker
 from service.middleware import BodyLimit, RequestContext
 from service.partnership.router import router as partnership_router
 from service.policy.router import router as policy_router
 from service.population.router import router as population_router
+from service.ratelimit import RateLimit
 from service.report.router import router as report_router
 from service.upload.router import router as upload_router
 
@@ -55,7 +57,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description=(
             "Privacy-preserving account mapping. The escrow stores keyed tokens and "
-            "ciphertext only; see docs/protocol.md. Errors are RFC 9457 problem+json."
+            "ciphertext only; see docs/protocol.md. Errors are RFC 9457 problem+json. "
+            "Every POST accepts an `Idempotency-Key` header (retries replay the first "
+            "response); every /v1 response carries `RateLimit`/`RateLimit-Policy` headers "
+            "(docs/reliability.md)."
         ),
         lifespan=lifespan,
         responses=errors.PROBLEM_RESPONSES,
@@ -66,7 +71,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.sessionmaker = make_sessionmaker(engine)
 
     _install_error_handlers(app)
+    # Added innermost first: RequestContext → RateLimit → BodyLimit → Idempotency → app.
+    app.add_middleware(
+        Idempotency,
+        sessionmaker=app.state.sessionmaker,
+        secret=settings.hmac_secret,
+        ttl_seconds=settings.idempotency_ttl_seconds,
+        lock_seconds=settings.idempotency_lock_seconds,
+    )
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    if settings.rate_limit_enabled:  # before the body is read or the database touched
+        app.add_middleware(
+            RateLimit,
+            per_second=settings.rate_limit_per_second,
+            burst=settings.rate_limit_burst,
+            delay_seconds=settings.rate_limit_delay_seconds,
+        )
     app.add_middleware(RequestContext)  # outermost: ids and logs even on 413
 
     @app.get("/healthz", tags=["ops"])

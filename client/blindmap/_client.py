@@ -23,6 +23,7 @@ DEFAULT_TIMEOUT = 30.0
 DEFAULT_MAX_RETRIES = 3
 _RETRY_STATUSES = frozenset({429, 503})
 _MAX_RETRY_AFTER = 60.0
+IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
 class Client:
@@ -85,10 +86,19 @@ class Client:
         content: bytes | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> httpx.Response:
-        """Send one request, retrying connection errors, 429 and 503 with backoff."""
+        """Send one request, retrying connection errors, 429 and 503 with backoff.
+
+        Every POST carries an `Idempotency-Key` (a fresh uuid4 unless the caller gives
+        one), the same on each retry: the escrow replays the first response instead of
+        running the request twice, which is what makes retrying a POST safe.
+        """
         hdrs = {"Authorization": f"Bearer {self.api_key}", "Accept": "application/json"}
         if headers:
             hdrs.update(headers)
+        idempotent = any(k.lower() == IDEMPOTENCY_HEADER.lower() for k in hdrs)
+        if method.upper() == "POST" and not idempotent:
+            hdrs[IDEMPOTENCY_HEADER] = str(uuid.uuid4())
+            idempotent = True
         url = self.base_url + path
         attempt = 0
         while True:
@@ -108,8 +118,11 @@ class Client:
                 self._sleep(self._backoff(attempt))
             else:
                 wait = self._retry_after(resp)
+                # 409 + Retry-After: our own earlier attempt is still running on the
+                # escrow (same Idempotency-Key); waiting then gets its response.
+                in_flight = idempotent and resp.status_code == 409 and wait is not None
                 if (
-                    resp.status_code in _RETRY_STATUSES
+                    (resp.status_code in _RETRY_STATUSES or in_flight)
                     and attempt < self.max_retries
                     and (wait is None or wait <= _MAX_RETRY_AFTER)
                 ):
