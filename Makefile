@@ -31,8 +31,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check client/blindmap service tests bench
 	$(BIN)/mypy
 
+# `make bench` runs every benchmark; the end-to-end one (bench/bench_e2e.py) at SIZE
+# accounts per side: 100k by default, `make bench SIZE=1m` for 1M.
+SIZE ?= 100k
 bench: $(STAMP)
-	$(BIN)/python -m bench $(BENCH_ARGS)
+	SIZE=$(SIZE) $(BIN)/python -m bench $(BENCH_ARGS)
 
 # 5 minutes of the read mix + small uploads against one uvicorn worker (needs wrk and the
 # PostgreSQL at 127.0.0.1:5432); docs/reliability.md records the result. Not in `make test`.

@@ -87,8 +87,10 @@ def side_tokens(side: str, n: int) -> list[bytes]:
     return toks
 
 
-def build_chunks(side: str, n: int, chunk: int) -> list[bytes]:
-    """NDJSON chunk bodies for one side, byte-for-byte what the SDK would send."""
+def build_chunks(side: str, n: int, chunk: int, fmt: str = "ndjson") -> list[bytes]:
+    """NDJSON or binary chunk bodies for one side, byte-for-byte what the SDK would send."""
+    if fmt == "binary":
+        return build_binary_chunks(side, n, chunk)
     rng = random.Random(side)
     ref_key = b"bench-ref-" + side.encode()
     toks = side_tokens(side, n)
@@ -104,6 +106,25 @@ def build_chunks(side: str, n: int, chunk: int) -> list[bytes]:
                 f'"self":"{_b64(s)}","partner":"{_b64(p)}"}}\n'
             )
         chunks.append("".join(lines).encode("ascii"))
+    return chunks
+
+
+def build_binary_chunks(side: str, n: int, chunk: int) -> list[bytes]:
+    """The same records as :func:`build_chunks`, in the binary format (§8.3)."""
+    from blindmap.sync import binary_chunk_body, encode_binary_record
+
+    rng = random.Random(side)
+    ref_key = b"bench-ref-" + side.encode()
+    toks = side_tokens(side, n)
+    chunks: list[bytes] = []
+    for start in range(0, n, chunk):
+        recs = []
+        for i in range(start, min(start + chunk, n)):
+            ref = hashlib.blake2b(i.to_bytes(8, "little"), digest_size=16, key=ref_key).hexdigest()
+            s = rng.randbytes(rng.randint(60, 120))
+            p = rng.randbytes(rng.randint(60, 120))
+            recs.append(encode_binary_record(ref, [("domain", toks[i])], s, p))
+        chunks.append(binary_chunk_body(recs))
     return chunks
 
 
@@ -360,7 +381,13 @@ def setup_partnership(http: httpx.Client, keys: dict[str, str]) -> str:
 
 
 def upload_side(
-    http: httpx.Client, server: Server, key: str, pid: str, chunks: list[bytes], n: int
+    http: httpx.Client,
+    server: Server,
+    key: str,
+    pid: str,
+    chunks: list[bytes],
+    n: int,
+    fmt: str = "ndjson",
 ) -> SideResult:
     h = {"Authorization": f"Bearer {key}"}
     p = _ok(http.get(f"/v1/partnerships/{pid}", headers=h))
@@ -375,7 +402,8 @@ def upload_side(
         "digest": digest(chunks),
     }
     up = _ok(http.post(f"/v1/partnerships/{pid}/uploads", json=manifest, headers=h), 201)
-    ch = {**h, "content-type": "application/x-ndjson"}
+    ctype = "application/vnd.blindmap.chunk+binary" if fmt == "binary" else "application/x-ndjson"
+    ch = {**h, "content-type": ctype}
     times = []
     with RssSampler(server) as rss:
         start = time.perf_counter()
@@ -411,12 +439,14 @@ def wait_match(http: httpx.Client, key: str, pid: str, timeout: float) -> float 
     return None
 
 
-def run_once(db: str, n: int, chunk: int, match_timeout: float) -> dict[str, Any]:
+def run_once(
+    db: str, n: int, chunk: int, match_timeout: float, fmt: str = "binary"
+) -> dict[str, Any]:
     t0 = time.perf_counter()
-    chunks_a = build_chunks("a", n, chunk)
+    chunks_a = build_chunks("a", n, chunk, fmt)
     size = sum(map(len, chunks_a))
     print(
-        f"  [{db}] built {len(chunks_a)} chunks of {chunk:,} records for side A "
+        f"  [{db}] built {len(chunks_a)} {fmt} chunks of {chunk:,} records for side A "
         f"({size / n:.0f} bytes/record) in {time.perf_counter() - t0:.1f} s; "
         f"load {os.getloadavg()[0]:.2f}",
         flush=True,
@@ -428,7 +458,7 @@ def run_once(db: str, n: int, chunk: int, match_timeout: float) -> dict[str, Any
             with httpx.Client(base_url=server.base, timeout=300) as http:
                 pid = setup_partnership(http, keys)
                 rss_idle = server.rss_mb()
-                a = upload_side(http, server, keys["acme"], pid, chunks_a, n)
+                a = upload_side(http, server, keys["acme"], pid, chunks_a, n, fmt)
                 del chunks_a
                 wait_match(http, keys["acme"], pid, 60)  # A's job: nothing to join yet
                 print(
@@ -436,8 +466,8 @@ def run_once(db: str, n: int, chunk: int, match_timeout: float) -> dict[str, Any
                     f"commit {a.commit_s:.2f} s, server RSS peak {a.rss_peak_mb:.0f} MB",
                     flush=True,
                 )
-                chunks_b = build_chunks("b", n, chunk)
-                b = upload_side(http, server, keys["globex"], pid, chunks_b, n)
+                chunks_b = build_chunks("b", n, chunk, fmt)
+                b = upload_side(http, server, keys["globex"], pid, chunks_b, n, fmt)
                 del chunks_b
                 match_wall = wait_match(http, keys["globex"], pid, match_timeout)
                 hwm = server.hwm_mb()
@@ -454,6 +484,8 @@ def run_once(db: str, n: int, chunk: int, match_timeout: float) -> dict[str, Any
         "db": db,
         "rows": n,
         "chunk": chunk,
+        "format": fmt,
+        "load": os.getloadavg()[0],
         "ingest_a": a.rate,
         "ingest_b": b.rate,
         "ingest": 2 * n / (a.ingest_s + b.ingest_s),
@@ -497,6 +529,12 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--rows", type=int, default=1_000_000, help="records per side")
     parser.add_argument("--db", choices=("sqlite", "postgresql", "both"), default="both")
     parser.add_argument("--chunk", type=int, default=10_000, help="records per chunk")
+    parser.add_argument(
+        "--format",
+        choices=("binary", "ndjson"),
+        default="binary",
+        help="chunk format (the SDK sends binary)",
+    )
     parser.add_argument("--runs", type=int, default=1, help="repeat and report medians")
     parser.add_argument("--quick", action="store_true", help="100k records per side")
     parser.add_argument(
@@ -521,7 +559,9 @@ def main(argv: list[str]) -> None:
     )
     results: list[dict[str, Any]] = []
     for db in dbs:
-        runs = [run_once(db, n, args.chunk, args.match_timeout) for _ in range(args.runs)]
+        runs = [
+            run_once(db, n, args.chunk, args.match_timeout, args.format) for _ in range(args.runs)
+        ]
         results += runs
         med = {k: _median([r[k] for r in runs]) for k in runs[0] if isinstance(runs[0][k], float)}
         target = 100_000 if db == "postgresql" else 50_000
@@ -537,7 +577,7 @@ def main(argv: list[str]) -> None:
         cells = [
             f"ingest {db}",
             f"{n:,} x {n:,}",
-            f"chunks {args.chunk:,}",
+            f"{args.format} chunks {args.chunk:,}",
             f"ingest {med['ingest']:,.0f} rec/s",
             f"commit {med['commit_b']:.2f} s",
             f"match job {med['match_job']:.2f} s",

@@ -564,7 +564,7 @@ class FakeEscrow:
             }
         )
 
-    def put_chunk(self, uid: Any, n: int, body: bytes) -> None:
+    def put_chunk(self, uid: Any, n: int, body: bytes, **kw: Any) -> None:
         self.puts.append((str(uid), n))
         if n in self.fail_chunks and self.fail_times:
             self.fail_times -= 1
@@ -578,7 +578,7 @@ class FakeEscrow:
         m = u["manifest"]
         chunks = [u["chunks"][n] for n in range(m.chunk_count)]
         assert bsync.upload_digest(hashlib.sha256(c).digest() for c in chunks) == m.digest
-        assert sum(c.count(b"\n") for c in chunks) == m.record_count
+        assert sum(bsync.binary_chunk_records(c) for c in chunks) == m.record_count
         u["status"] = "committed"
         return self.get_upload(uid)
 
@@ -676,7 +676,7 @@ def test_interrupted_sync_resumes_next_run_with_same_bytes(escrow: Any, tmp_path
     assert (state_dir / "state.json").exists()
     if hasattr(__import__("os"), "geteuid"):
         assert state_dir.stat().st_mode & 0o077 == 0
-        assert (state_dir / "chunk-000000.ndjson").stat().st_mode & 0o077 == 0
+        assert (state_dir / "chunk-000000.bin").stat().st_mode & 0o077 == 0
     fake.fail_times, fake.puts = 0, []
     report = run(fake, me, tmp_path, **kw)
     (u,) = report.uploads

@@ -1,27 +1,37 @@
-"""Parse, validate and store one NDJSON chunk of an upload.
+"""Parse, validate and store one chunk of an upload (NDJSON or the binary format).
 
-Validation is strict and names the line and field: the escrow must never store
-something that looks like plaintext where a token or ciphertext belongs. Storage uses
-COPY on PostgreSQL and one executemany per table on SQLite, tokens sorted by key
-(inserting in index order is several times faster than random order).
+Validation is strict and names the line (NDJSON) or record (binary) and the field: the
+escrow must never store something that looks like plaintext where a token or ciphertext
+belongs. Both formats go through the same checks (:func:`_check_ref`,
+:func:`_check_token`, :func:`_check_sealed`). Storage uses one COPY per table and chunk
+on PostgreSQL (a prebuilt binary COPY buffer, not a row at a time) and one executemany
+per table on SQLite, tokens sorted by key (inserting in index order is several times
+faster than random order).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
+import struct
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from sqlalchemy.orm import Session
 
-from blindmap.protocol import MAX_REF_CHARS, MAX_TOKENS_PER_RECORD, TOKEN_BYTES
+from blindmap.protocol import (
+    BINARY_CHUNK_MAGIC,
+    BINARY_KIND_CODES,
+    MAX_REF_CHARS,
+    MAX_TOKENS_PER_RECORD,
+    TOKEN_BYTES,
+)
 from service import errors
 
-KIND_CODES = {"domain": 0, "name": 1}
+KIND_CODES = dict(BINARY_KIND_CODES)
 KIND_NAMES = {v: k for k, v in KIND_CODES.items()}
 # A chunk may hold at most this many records; seq = n * CHUNK_SLOT + position keeps
 # record keys unique and ordered without a round trip for ids.
@@ -30,6 +40,18 @@ _MIN_SEALED = 12 + 16  # nonce + GCM tag
 _PLAINTEXT = re.compile(r"[@.]|\s")
 _B64URL = re.compile(r"^[A-Za-z0-9_-]*$")
 _RECORD_KEYS = frozenset({"ref", "tokens", "self", "partner"})
+_TOKEN_KEYS = frozenset({"kind", "value"})
+# base64url → standard alphabet for binascii; the standard alphabet's own '+', '/' and
+# '=' become '!', which strict mode rejects (then the slow path names the problem)
+_B64_TR = bytes.maketrans(b"-_+/=", b"+/!!!")
+_PAD = (b"", b"===", b"==", b"=")
+# A 16-byte HMAC output made only of these bytes has probability (38/256)^16 < 1e-13:
+# such a "token" is a plaintext domain, name key or email cut to 16 bytes.
+_TEXT_TOKEN = re.compile(rb"[a-z0-9.@_-]{16}")
+# Ciphertext that is entirely printable ASCII (probability < 2^-28 for 28 random bytes):
+# plaintext sent where a sealed payload belongs.
+_TEXT_BLOB = re.compile(rb"[\t\n\r\x20-\x7e]*")
+_U32 = struct.Struct(">I")
 
 
 @dataclass
@@ -39,14 +61,71 @@ class ParsedChunk:
     refs: set[str] = field(default_factory=set)
 
 
-def _bad(line: int, fld: str, message: str) -> errors.Unprocessable:
+def _bad(at: int, fld: str, message: str, unit: str = "line") -> errors.Unprocessable:
     return errors.Unprocessable(
-        f"line {line}: {fld}: {message}",
-        errors=[{"field": fld, "in": "body", "line": line, "message": message}],
+        f"{unit} {at}: {fld}: {message}",
+        errors=[{"field": fld, "in": "body", unit: at, "message": message}],
     )
 
 
-def _b64(value: Any, line: int, fld: str) -> bytes:
+def _too_many(n: int, count: int, max_records: int) -> errors.PayloadTooLarge:
+    return errors.PayloadTooLarge(
+        f"chunk {n} holds {count} records; the limit is {max_records} per chunk",
+        limit_records=max_records,
+    )
+
+
+# ------------------------------------------------------------------ shared checks
+
+
+def _check_ref(ref: Any, refs: set[str], at: int, unit: str) -> str:
+    if not isinstance(ref, str) or not ref:
+        raise _bad(at, "ref", "required, a non-empty string", unit)
+    if len(ref) > MAX_REF_CHARS:
+        raise _bad(at, "ref", f"longer than {MAX_REF_CHARS} characters", unit)
+    if _PLAINTEXT.search(ref):
+        raise _bad(
+            at, "ref", "looks like plaintext ('@', '.' or spaces); use pseudonymous refs", unit
+        )
+    if ref in refs:
+        raise _bad(at, "ref", f"'{ref}' appears twice in this chunk", unit)
+    refs.add(ref)
+    return ref
+
+
+def _check_token(value: bytes, at: int, where: str, unit: str) -> None:
+    if len(value) != TOKEN_BYTES:
+        raise _bad(
+            at, f"{where}.value", f"must be exactly {TOKEN_BYTES} bytes, got {len(value)}", unit
+        )
+    if value.isascii() and _TEXT_TOKEN.fullmatch(value):
+        raise _bad(
+            at,
+            f"{where}.value",
+            "looks like plaintext (16 lowercase letters, digits, '.', '-', '_' or '@'), not an "
+            "HMAC token computed on your machine (docs/protocol.md §3.2)",
+            unit,
+        )
+
+
+def _check_sealed(blob: bytes, at: int, fld: str, max_sealed_bytes: int, unit: str) -> None:
+    if len(blob) < _MIN_SEALED:
+        raise _bad(at, fld, f"too short to be a sealed payload (< {_MIN_SEALED} bytes)", unit)
+    if len(blob) > max_sealed_bytes:
+        raise _bad(at, fld, f"sealed payload over the limit of {max_sealed_bytes} bytes", unit)
+    if blob.isascii() and _TEXT_BLOB.fullmatch(blob):
+        raise _bad(
+            at,
+            fld,
+            "looks like plaintext (printable text), not a sealed payload (docs/protocol.md §4.2)",
+            unit,
+        )
+
+
+# ----------------------------------------------------------------------- NDJSON
+
+
+def _b64_slow(value: Any, line: int, fld: str) -> bytes:
     if not isinstance(value, str):
         raise _bad(line, fld, "must be a base64url string")
     if not _B64URL.match(value):
@@ -62,6 +141,20 @@ def _b64(value: Any, line: int, fld: str) -> bytes:
         return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
     except (binascii.Error, ValueError):
         raise _bad(line, fld, "is not valid base64url") from None
+
+
+def _b64(value: Any, line: int, fld: str) -> bytes:
+    """base64url without padding → bytes; the fast path accepts exactly what the slow one
+    does (binascii strict mode on the translated alphabet) and defers every error to it."""
+    if type(value) is str:
+        try:
+            return binascii.a2b_base64(
+                value.encode("ascii").translate(_B64_TR) + _PAD[len(value) & 3],
+                strict_mode=True,
+            )
+        except (binascii.Error, ValueError):
+            pass
+    return _b64_slow(value, line, fld)
 
 
 def parse_chunk(
@@ -82,39 +175,27 @@ def parse_chunk(
         raise errors.Unprocessable(f"chunk {n} is not UTF-8 (byte {exc.start})") from None
     lines = text.splitlines()
     if len(lines) > max_records:
-        raise errors.PayloadTooLarge(
-            f"chunk {n} holds {len(lines)} records; the limit is {max_records} per chunk",
-            limit_records=max_records,
-        )
+        raise _too_many(n, len(lines), max_records)
     allowed_kinds = {KIND_CODES[k] for k in token_kinds}
     wants_partner = bool(sealed_fields)
     out = ParsedChunk()
+    records_append, tokens_append = out.record_rows.append, out.token_rows.append
+    refs = out.refs
+    loads, JSONDecodeError = orjson.loads, orjson.JSONDecodeError
     base = n * CHUNK_SLOT
     for i, raw in enumerate(lines):
         line = i + 1
         if not raw.strip():
             raise _bad(line, "record", "empty line")
         try:
-            rec = json.loads(raw)
-        except json.JSONDecodeError as exc:
+            rec = loads(raw)
+        except JSONDecodeError as exc:
             raise _bad(line, "record", f"invalid JSON ({exc.msg})") from None
-        if not isinstance(rec, dict):
+        if type(rec) is not dict:
             raise _bad(line, "record", "must be a JSON object")
-        unknown = set(rec) - _RECORD_KEYS
-        if unknown:
-            raise _bad(line, sorted(unknown)[0], "unknown field")
-        ref = rec.get("ref")
-        if not isinstance(ref, str) or not ref:
-            raise _bad(line, "ref", "required, a non-empty string")
-        if len(ref) > MAX_REF_CHARS:
-            raise _bad(line, "ref", f"longer than {MAX_REF_CHARS} characters")
-        if _PLAINTEXT.search(ref):
-            raise _bad(
-                line, "ref", "looks like plaintext ('@', '.' or spaces); use pseudonymous refs"
-            )
-        if ref in out.refs:
-            raise _bad(line, "ref", f"'{ref}' appears twice in this chunk")
-        out.refs.add(ref)
+        if not rec.keys() <= _RECORD_KEYS:
+            raise _bad(line, sorted(set(rec) - _RECORD_KEYS)[0], "unknown field")
+        ref = _check_ref(rec.get("ref"), refs, line, "line")
         toks = rec.get("tokens")
         if not isinstance(toks, list) or not toks:
             raise _bad(line, "tokens", "required, a non-empty list")
@@ -124,7 +205,7 @@ def parse_chunk(
         seen: set[tuple[int, bytes]] = set()
         for j, tok in enumerate(toks):
             where = f"tokens[{j}]"
-            if not isinstance(tok, dict) or set(tok) != {"kind", "value"}:
+            if type(tok) is not dict or tok.keys() != _TOKEN_KEYS:
                 raise _bad(line, where, "must be an object with exactly 'kind' and 'value'")
             kind = KIND_CODES.get(tok["kind"]) if isinstance(tok["kind"], str) else None
             if kind is None or kind not in allowed_kinds:
@@ -134,13 +215,10 @@ def parse_chunk(
                     f"must be one of the manifest's token kinds {token_kinds}",
                 )
             value = _b64(tok["value"], line, f"{where}.value")
-            if len(value) != TOKEN_BYTES:
-                raise _bad(
-                    line, f"{where}.value", f"must be exactly {TOKEN_BYTES} bytes, got {len(value)}"
-                )
+            _check_token(value, line, where, "line")
             if (kind, value) not in seen:  # a repeated token adds nothing
                 seen.add((kind, value))
-                out.token_rows.append((upload_num, kind, value, seq, partnership_id))
+                tokens_append((upload_num, kind, value, seq, partnership_id))
         self_sealed = _b64(rec.get("self"), line, "self")
         partner_raw = rec.get("partner")
         partner_sealed = None
@@ -150,38 +228,205 @@ def parse_chunk(
             partner_sealed = _b64(partner_raw, line, "partner")
         elif wants_partner:
             raise _bad(line, "partner", "required: the manifest declares sealed fields")
-        for fld, blob in (("self", self_sealed), ("partner", partner_sealed)):
-            if blob is None:
-                continue
-            if len(blob) < _MIN_SEALED:
-                raise _bad(line, fld, f"too short to be a sealed payload (< {_MIN_SEALED} bytes)")
-            if len(blob) > max_sealed_bytes:
-                raise _bad(line, fld, f"sealed payload over the limit of {max_sealed_bytes} bytes")
-        out.record_rows.append((upload_num, seq, partnership_id, ref, self_sealed, partner_sealed))
+        _check_sealed(self_sealed, line, "self", max_sealed_bytes, "line")
+        if partner_sealed is not None:
+            _check_sealed(partner_sealed, line, "partner", max_sealed_bytes, "line")
+        records_append((upload_num, seq, partnership_id, ref, self_sealed, partner_sealed))
     out.token_rows.sort(key=lambda r: (r[1], r[2], r[3]))
     return out
+
+
+# ----------------------------------------------------------------------- binary
+
+
+def parse_binary_chunk(
+    body: bytes,
+    *,
+    n: int,
+    upload_num: int,
+    partnership_id: uuid.UUID,
+    token_kinds: list[str],
+    sealed_fields: list[str],
+    max_records: int,
+    max_sealed_bytes: int,
+) -> ParsedChunk:
+    """Validate a binary chunk (docs/protocol.md §8.3) and build the rows to store.
+
+    Errors name the record (1-based, like NDJSON lines) and the field, and the byte
+    offset where a length runs past the end of the body."""
+    size = len(body)
+    if size < 8 or body[:4] != BINARY_CHUNK_MAGIC:
+        raise errors.Unprocessable(
+            f"chunk {n} is not a binary chunk: it must start with "
+            f"{BINARY_CHUNK_MAGIC.decode()!r} and a 4-byte record count (docs/protocol.md §8.3)",
+            errors=[{"field": "magic", "in": "body", "record": 0, "message": "bad magic"}],
+        )
+    count = _U32.unpack_from(body, 4)[0]
+    if count > max_records:
+        raise _too_many(n, count, max_records)
+    allowed_kinds = {KIND_CODES[k] for k in token_kinds}
+    wants_partner = bool(sealed_fields)
+    out = ParsedChunk()
+    records_append, tokens_append = out.record_rows.append, out.token_rows.append
+    refs = out.refs
+    u32 = _U32.unpack_from
+    base = n * CHUNK_SLOT
+    o = 8
+
+    def short(at: int, fld: str, need: int) -> errors.Unprocessable:
+        return _bad(
+            at,
+            fld,
+            f"truncated: needs {need} bytes at byte offset {o}, the body has {size - o} left",
+            "record",
+        )
+
+    for i in range(count):
+        at = i + 1
+        if o + 2 > size:
+            raise short(at, "ref_len", 2)
+        e = o + 2 + (body[o] << 8 | body[o + 1])
+        o += 2
+        if e > size:
+            raise short(at, "ref", e - o)
+        try:
+            ref = body[o:e].decode("utf-8")
+        except UnicodeDecodeError:
+            raise _bad(at, "ref", "is not UTF-8", "record") from None
+        o = e
+        _check_ref(ref, refs, at, "record")
+        if o >= size:
+            raise short(at, "token_count", 1)
+        nt = body[o]
+        o += 1
+        if nt == 0:
+            raise _bad(at, "tokens", "required, a non-empty list", "record")
+        if nt > MAX_TOKENS_PER_RECORD:
+            raise _bad(
+                at, "tokens", f"more than {MAX_TOKENS_PER_RECORD} tokens per record", "record"
+            )
+        e = o + nt * (1 + TOKEN_BYTES)
+        if e > size:
+            raise short(at, "tokens", e - o)
+        seq = base + i
+        seen: set[tuple[int, bytes]] = set()
+        for j in range(nt):
+            kind = body[o]
+            if kind not in allowed_kinds:
+                raise _bad(
+                    at,
+                    f"tokens[{j}].kind",
+                    f"code {kind} is not one of the manifest's token kinds {token_kinds} "
+                    f"(codes {[KIND_CODES[k] for k in token_kinds]})",
+                    "record",
+                )
+            value = body[o + 1 : o + 1 + TOKEN_BYTES]
+            o += 1 + TOKEN_BYTES
+            _check_token(value, at, f"tokens[{j}]", "record")
+            if (kind, value) not in seen:
+                seen.add((kind, value))
+                tokens_append((upload_num, kind, value, seq, partnership_id))
+        if o + 4 > size:
+            raise short(at, "self_len", 4)
+        ln = u32(body, o)[0]
+        o += 4
+        if ln == 0:
+            raise _bad(at, "self", "required, a sealed payload", "record")
+        e = o + ln
+        if e > size:
+            raise short(at, "self", ln)
+        self_sealed = body[o:e]
+        o = e
+        _check_sealed(self_sealed, at, "self", max_sealed_bytes, "record")
+        if o + 4 > size:
+            raise short(at, "partner_len", 4)
+        ln = u32(body, o)[0]
+        o += 4
+        partner_sealed = None
+        if ln:
+            if not wants_partner:
+                raise _bad(
+                    at,
+                    "partner",
+                    "the manifest declares no sealed fields; send length 0",
+                    "record",
+                )
+            e = o + ln
+            if e > size:
+                raise short(at, "partner", ln)
+            partner_sealed = body[o:e]
+            o = e
+            _check_sealed(partner_sealed, at, "partner", max_sealed_bytes, "record")
+        elif wants_partner:
+            raise _bad(at, "partner", "required: the manifest declares sealed fields", "record")
+        records_append((upload_num, seq, partnership_id, ref, self_sealed, partner_sealed))
+    if o != size:
+        raise _bad(
+            count + 1,
+            "record",
+            f"{size - o} bytes after the last of the {count} records the header announces "
+            f"(byte offset {o})",
+            "record",
+        )
+    out.token_rows.sort(key=lambda r: (r[1], r[2], r[3]))
+    return out
+
+
+# ---------------------------------------------------------------------- storage
+
+_PGCOPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
+_PGCOPY_TRAILER = b"\xff\xff"
+_PG_NULL = b"\xff\xff\xff\xff"
+# records: 6 fields; upload_num int4, seq int8, partnership_id uuid, then ref's length
+_PG_RECORD_HEAD = struct.Struct(">hiiiqi16si")
+# tokens: 5 fields; upload_num int4, kind int2, value bytea(16), seq int8, partnership_id
+_PG_TOKEN = struct.Struct(">hiiihi16siqi16s")
+
+
+def copy_buffers(chunk: ParsedChunk) -> tuple[bytes, bytes]:
+    """The whole chunk as two PostgreSQL binary COPY streams (records, tokens)."""
+    head, pack_u32 = _PG_RECORD_HEAD.pack, _U32.pack
+    parts: list[bytes] = [_PGCOPY_SIGNATURE]
+    add = parts.append
+    for up, seq, pid, ref, self_sealed, partner_sealed in chunk.record_rows:
+        rb = ref.encode()
+        add(head(6, 4, up, 8, seq, 16, pid.bytes, len(rb)))
+        add(rb)
+        add(pack_u32(len(self_sealed)))
+        add(self_sealed)
+        if partner_sealed is None:
+            add(_PG_NULL)
+        else:
+            add(pack_u32(len(partner_sealed)))
+            add(partner_sealed)
+    add(_PGCOPY_TRAILER)
+    tok = _PG_TOKEN.pack
+    tparts = [_PGCOPY_SIGNATURE]
+    tparts += [
+        tok(5, 4, up, 2, kind, TOKEN_BYTES, value, 8, seq, 16, pid.bytes)
+        for up, kind, value, seq, pid in chunk.token_rows
+    ]
+    tparts.append(_PGCOPY_TRAILER)
+    return b"".join(parts), b"".join(tparts)
 
 
 def store(session: Session, chunk: ParsedChunk) -> None:
     """Write a parsed chunk in the current transaction (COPY on PostgreSQL)."""
     conn = session.connection()
     if conn.dialect.name == "postgresql":
+        rec_buf, tok_buf = copy_buffers(chunk)
         raw = conn.connection.driver_connection
         with raw.cursor() as cur:  # type: ignore[union-attr]
             with cur.copy(
                 "COPY records (upload_num, seq, partnership_id, ref, self_sealed, partner_sealed)"
                 " FROM STDIN (FORMAT BINARY)"
             ) as copy:
-                copy.set_types(["integer", "bigint", "uuid", "varchar", "bytea", "bytea"])
-                for row in chunk.record_rows:
-                    copy.write_row(row)
+                copy.write(rec_buf)
             with cur.copy(
                 "COPY tokens (upload_num, kind, value, seq, partnership_id)"
                 " FROM STDIN (FORMAT BINARY)"
             ) as copy:
-                copy.set_types(["integer", "smallint", "bytea", "bigint", "uuid"])
-                for row in chunk.token_rows:
-                    copy.write_row(row)
+                copy.write(tok_buf)
         return
     # SQLite: the driver's executemany on the session's own connection (same
     # transaction), skipping per-row ORM/Core processing; UUIDs as SQLAlchemy stores them.

@@ -15,6 +15,7 @@ from service.upload import service
 
 router = APIRouter(tags=["uploads"])
 _CHUNK_TYPES = ("application/x-ndjson", "application/jsonl", "application/json-seq", "text/plain")
+_BINARY_TYPES = (protocol.BINARY_CHUNK, "application/octet-stream")
 
 
 @router.post(
@@ -46,7 +47,10 @@ def get_upload(upload_id: uuid.UUID, session: SessionDep, caller: UploaderKey) -
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {protocol.NDJSON: {"schema": {"type": "string"}}},
+            "content": {
+                protocol.NDJSON: {"schema": {"type": "string"}},
+                protocol.BINARY_CHUNK: {"schema": {"type": "string", "format": "binary"}},
+            },
         }
     },
 )
@@ -57,18 +61,21 @@ async def put_chunk(
     caller: UploaderKey,
     session: SessionDep,
 ) -> protocol.ChunkReceipt:
-    """One chunk of NDJSON records (docs/protocol.md §8). Idempotent for equal bytes."""
+    """One chunk of records, NDJSON or binary (docs/protocol.md §8). Idempotent for equal
+    bytes."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype not in _CHUNK_TYPES:
+    binary = ctype in _BINARY_TYPES
+    if not binary and ctype not in _CHUNK_TYPES:
         raise errors.UnsupportedMediaType(
-            f"Send chunks as {protocol.NDJSON}, not '{ctype or 'nothing'}'."
+            f"Send chunks as {protocol.NDJSON} or {protocol.BINARY_CHUNK}, "
+            f"not '{ctype or 'nothing'}'."
         )
     body = await request.body()
     settings = request.app.state.settings
     from starlette.concurrency import run_in_threadpool
 
     chunk, duplicate = await run_in_threadpool(
-        service.put_chunk, session, settings, caller, upload_id, n, body
+        service.put_chunk, session, settings, caller, upload_id, n, body, binary=binary
     )
     return protocol.ChunkReceipt(
         upload_id=upload_id,

@@ -166,8 +166,11 @@ def put_chunk(
     upload_id: uuid.UUID,
     n: int,
     body: bytes,
+    *,
+    binary: bool = False,
 ) -> tuple[UploadChunk, bool]:
-    """Store chunk `n`; the same bytes again are a no-op, different bytes a 409."""
+    """Store chunk `n` (NDJSON, or the binary format when `binary`); the same bytes again
+    are a no-op, different bytes a 409."""
     up = _staged(session, caller, upload_id)
     if not 0 <= n < up.chunk_count:
         raise errors.Unprocessable(
@@ -180,7 +183,8 @@ def put_chunk(
         if existing.sha256 == digest:
             return existing, True
         raise errors.Conflict(f"Chunk {n} was already received with different content.")
-    parsed = ingest.parse_chunk(
+    parse = ingest.parse_binary_chunk if binary else ingest.parse_chunk
+    parsed = parse(
         body,
         n=n,
         upload_num=up.num,

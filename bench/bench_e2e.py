@@ -1,0 +1,671 @@
+"""End to end against the peers (`python -m bench e2e --size 100k|1m --db both --runs 3`).
+
+Issue 7. Two companies, N accounts each (bench/datagen.py, seed 1 and 2, 20% of B's rows
+are A's companies rendered anew, 2% duplicates, messy websites), written as Salesforce
+CSV exports. For each database (a scratch SQLite file; a scratch PostgreSQL database):
+
+1. **Blindmap**: a real `blindmap-server serve` subprocess on 127.0.0.1 (1 uvicorn
+   process, embedded worker). Each company runs `blindmap.sync` in its own client
+   process (the SDK, what `blindmap sync` runs: read CSV → normalize → tokens, refs,
+   seals → binary chunks → PUT → commit), A then B; then the match job; then A's client
+   fetches the summary and every overlap page and decrypts them. Per stage: wall time,
+   records/s; peak RSS (VmHWM) of every client process and of the server.
+2. **Plaintext baseline** (the incumbents' design: the service holds raw data): one
+   process reads and normalizes the same CSVs with the same code, loads the plaintext
+   rows (domain, id, name, owner email) into the same database (COPY on PostgreSQL,
+   executemany on SQLite), indexes the domain, materializes the join, and fetches the
+   joined rows (A's view of the overlap with B's fields).
+3. **Peer PSI**: OpenMined PSI (`openmined-psi`, ECDH over P-256; optional: `pip install
+   -e '.[bench]'`), client and server in one process, on the same normalized domains
+   (B is the client, A the server, RAW data structure so the result is exact): setup,
+   request, response, intersection; bytes of the three messages.
+
+Every system's intersection is checked against the generator's ground truth (the set of
+companies both lists hold a usable website for). "Matching core": Blindmap = HMAC
+tokens of both sides' domains + the match job; PSI = its protocol.
+
+Medians of `--runs` runs (the peer's 1M run is slow; `--peer-runs 1`). Targets (1M x 1M,
+PostgreSQL): Blindmap end to end <= 30 s, >= 10x faster than PSI end to end, >= 100x on
+the matching core, <= 1.5x the plaintext baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench import bench_ingest as bi
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = ROOT / "bench" / ".data"
+SIZES = {"10k": 10_000, "100k": 100_000, "1m": 1_000_000}
+OVERLAP = 0.2
+POP = "customers"
+
+
+def _parse_size(text: str) -> int:
+    t = text.strip().lower()
+    return SIZES[t] if t in SIZES else int(t.replace("_", "").replace(",", ""))
+
+
+def _median(xs: list[float]) -> float:
+    return bi._median(xs)
+
+
+def _load() -> str:
+    return " / ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def _cpu_s(pid: int) -> float:
+    """utime + stime of a process (s), from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+# --------------------------------------------------------------------------- data
+
+
+def make_data(n: int) -> tuple[Path, Path, set[str]]:
+    """Both CSVs (cached under bench/.data) and the ground-truth intersection."""
+    from bench import datagen
+
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    a_csv, b_csv = DATA_DIR / f"e2e-{n}-a.csv", DATA_DIR / f"e2e-{n}-b.csv"
+    truth_path = DATA_DIR / f"e2e-{n}-truth.json"
+    if not (a_csv.exists() and b_csv.exists() and truth_path.exists()):
+        t = time.perf_counter()
+        a = datagen.generate_accounts(n, seed=1)
+        b = datagen.generate_accounts(n, seed=2, overlap_with=a, overlap=OVERLAP)
+        datagen.write_csv(a_csv, a)
+        datagen.write_csv(b_csv, b)
+        truth = sorted(
+            {x.expected_domain for x in a if x.expected_domain}
+            & {x.expected_domain for x in b if x.expected_domain}
+        )
+        truth_path.write_text(json.dumps(truth))
+        print(f"  generated {n:,} + {n:,} accounts in {time.perf_counter() - t:.1f} s", flush=True)
+    return a_csv, b_csv, set(json.loads(truth_path.read_text()))
+
+
+# ------------------------------------------------------------------------ workers
+# Each client-side step runs in its own process (a company's machine) and prints one
+# JSON line with its timings and its peak RSS.
+
+
+def _maxrss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _worker_sync(spec: dict[str, Any]) -> dict[str, Any]:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    import blindmap
+    from blindmap import sync as bsync
+
+    priv = X25519PrivateKey.from_private_bytes(bytes.fromhex(spec["private_key"]))
+    marks: dict[str, float] = {}
+    start = time.perf_counter()
+
+    def progress(ev: bsync.ProgressEvent) -> None:
+        key = ev.stage if ev.stage != "commit" else f"commit{ev.done}"
+        marks.setdefault(key, time.perf_counter() - start)
+
+    with blindmap.Client(api_key=spec["api_key"], base_url=spec["base_url"]) as client:
+        client._http.timeout = httpx.Timeout(600)
+        report = bsync.sync(
+            client,
+            spec["csv"],
+            private_key=priv,
+            population=POP,
+            state_dir=spec["state_dir"],
+            chunk_size=spec.get("chunk_size", bsync.DEFAULT_CHUNK_SIZE),
+            progress=progress,
+        )
+    total = time.perf_counter() - start
+    (up,) = report.uploads
+    build_at = marks.get("build", 0.0)
+    send_at = marks.get("send", build_at)
+    commit_at = marks.get("commit0", total)
+    return {
+        "rows": report.rows_read,
+        "records": up.records,
+        "bytes": up.bytes,
+        "read_s": build_at,  # read CSV + normalize (before the first chunk is built)
+        "build_s": send_at - build_at,  # tokens, refs, seals, chunk files
+        "send_s": commit_at - send_at,  # chunk PUTs
+        "commit_s": total - commit_at,
+        "total_s": total,
+        "rss_mb": _maxrss_mb(),
+    }
+
+
+def _worker_report(spec: dict[str, Any]) -> dict[str, Any]:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    import blindmap
+    from blindmap import reports
+
+    priv = X25519PrivateKey.from_private_bytes(bytes.fromhex(spec["private_key"]))
+    start = time.perf_counter()
+    with blindmap.Client(api_key=spec["api_key"], base_url=spec["base_url"]) as client:
+        client._http.timeout = httpx.Timeout(600)
+        p = client.get_partnership(spec["pid"])
+        keys = reports.ReportKeys.for_partnership(priv, p)
+        summary = client.report_summary(p.id)
+        t_summary = time.perf_counter() - start
+        items, _versions, _notes = reports.fetch_overlaps(client, p.id, limit=1000)
+        t_fetch = time.perf_counter() - start - t_summary
+        rows = reports.decrypt_overlaps(keys, items)
+    total = time.perf_counter() - start
+    domains = {r.mine.domain for r in rows if r.mine.domain}
+    opened = sum(1 for r in rows for x in r.partner if x.fields)
+    return {
+        "summary_s": t_summary,
+        "fetch_s": t_fetch,
+        "decrypt_s": total - t_summary - t_fetch,
+        "total_s": total,
+        "items": len(items),
+        "partner_payloads_opened": opened,
+        "domains": sorted(domains),
+        "cells": len(summary.cells),
+        "rss_mb": _maxrss_mb(),
+    }
+
+
+def _worker_plain(spec: dict[str, Any]) -> dict[str, Any]:
+    """Plaintext baseline: the same CSV reading and normalization, then raw rows in SQL."""
+    from blindmap import sync as bsync
+
+    start = time.perf_counter()
+    sides = []
+    for path in (spec["a_csv"], spec["b_csv"]):
+        read = bsync.read_accounts(path, population=POP)
+        fields = read.field_names
+        i_mail = fields.index("owner_email") if "owner_email" in fields else None
+        sides.append(
+            [
+                (a.domain, a.local_id, a.name, a.values[i_mail] if i_mail is not None else "")
+                for a in read.accounts[POP]
+            ]
+        )
+    t_read = time.perf_counter() - start
+    url = spec["url"]
+    t0 = time.perf_counter()
+    if url.startswith("sqlite"):
+        import sqlite3
+
+        con = sqlite3.connect(url.split("///", 1)[1], isolation_level=None)
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA synchronous=NORMAL")
+        con.execute("PRAGMA cache_size=-65536")
+        con.execute("DROP TABLE IF EXISTS plain_accounts")
+        con.execute("DROP TABLE IF EXISTS plain_matches")
+        con.execute(
+            "CREATE TABLE plain_accounts (side INTEGER, domain TEXT, local_id TEXT, name TEXT,"
+            " owner_email TEXT)"
+        )
+        con.execute("BEGIN")
+        for side, rows in enumerate(sides):
+            con.executemany(
+                "INSERT INTO plain_accounts VALUES (?, ?, ?, ?, ?)",
+                [(side, *r) for r in rows],
+            )
+        con.execute("CREATE INDEX plain_accounts_domain ON plain_accounts (side, domain)")
+        con.execute("COMMIT")
+        t_load = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        con.execute("BEGIN")
+        con.execute(
+            "CREATE TABLE plain_matches AS SELECT a.rowid AS a_id, b.rowid AS b_id FROM"
+            " plain_accounts a JOIN plain_accounts b ON b.side = 1 AND b.domain = a.domain"
+            " WHERE a.side = 0"
+        )
+        con.execute("COMMIT")
+        t_join = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        fetched = con.execute(
+            "SELECT a.domain, a.local_id, b.name, b.owner_email FROM plain_matches m"
+            " JOIN plain_accounts a ON a.rowid = m.a_id JOIN plain_accounts b ON b.rowid = m.b_id"
+        ).fetchall()
+        t_fetch = time.perf_counter() - t0
+        con.close()
+    else:
+        import psycopg
+
+        dsn = url.replace("postgresql+psycopg://", "postgresql://")
+        with psycopg.connect(dsn) as con:
+            con.execute("DROP TABLE IF EXISTS plain_matches, plain_accounts")
+            con.execute(
+                "CREATE TABLE plain_accounts (id bigserial PRIMARY KEY, side smallint,"
+                " domain text, local_id text, name text, owner_email text)"
+            )
+            with (
+                con.cursor() as cur,
+                cur.copy(
+                    "COPY plain_accounts (side, domain, local_id, name, owner_email) FROM STDIN"
+                ) as copy,
+            ):
+                for side, rows in enumerate(sides):
+                    for r in rows:
+                        copy.write_row((side, *r))
+            con.execute("CREATE INDEX plain_accounts_domain ON plain_accounts (side, domain)")
+            con.execute("ANALYZE plain_accounts")
+            con.commit()
+            t_load = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            con.execute(
+                "CREATE TABLE plain_matches AS SELECT a.id AS a_id, b.id AS b_id FROM"
+                " plain_accounts a JOIN plain_accounts b ON b.side = 1 AND b.domain = a.domain"
+                " WHERE a.side = 0"
+            )
+            con.commit()
+            t_join = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            fetched = con.execute(
+                "SELECT a.domain, a.local_id, b.name, b.owner_email FROM plain_matches m"
+                " JOIN plain_accounts a ON a.id = m.a_id JOIN plain_accounts b ON b.id = m.b_id"
+            ).fetchall()
+            t_fetch = time.perf_counter() - t0
+            con.execute("DROP TABLE plain_matches, plain_accounts")
+            con.commit()
+    total = time.perf_counter() - start
+    return {
+        "read_s": t_read,
+        "load_s": t_load,
+        "join_s": t_join,
+        "fetch_s": t_fetch,
+        "total_s": total,
+        "records": [len(s) for s in sides],
+        "domains": sorted({r[0] for r in fetched}),
+        "rss_mb": _maxrss_mb(),
+    }
+
+
+def _worker_psi(spec: dict[str, Any]) -> dict[str, Any]:
+    """OpenMined PSI on the normalized domains; plus Blindmap's tokenization for the core."""
+    import private_set_intersection.python as psi
+
+    from blindmap import crypto
+    from blindmap import sync as bsync
+
+    start = time.perf_counter()
+    a = [x.domain for x in bsync.read_accounts(spec["a_csv"], population=POP).accounts[POP]]
+    b = [x.domain for x in bsync.read_accounts(spec["b_csv"], population=POP).accounts[POP]]
+    t_read = time.perf_counter() - start
+    # Blindmap's share of the matching core on the client side: both sides' HMAC tokens
+    pa, pb = crypto.generate_private_key(), crypto.generate_private_key()
+    keys = crypto.PartnershipKeys.derive(pa, crypto.public_key_bytes(pb), uuid.uuid4())
+    tok = keys.tokenizer("domain")
+    t0 = time.perf_counter()
+    tok.tokens(a)
+    tok.tokens(b)
+    t_tokens = time.perf_counter() - t0
+    server = psi.server.CreateWithNewKey(True)  # A holds the server role
+    client = psi.client.CreateWithNewKey(True)  # B asks
+    t0 = time.perf_counter()
+    setup = server.CreateSetupMessage(1e-9, len(b), a, psi.DataStructure.RAW)
+    t_setup = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    request = client.CreateRequest(b)
+    t_request = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    response = server.ProcessRequest(request)
+    t_response = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    found = client.GetIntersection(setup, response)
+    t_intersect = time.perf_counter() - t0
+    protocol_s = t_setup + t_request + t_response + t_intersect
+    return {
+        "read_s": t_read,
+        "tokens_s": t_tokens,
+        "setup_s": t_setup,
+        "request_s": t_request,
+        "response_s": t_response,
+        "intersect_s": t_intersect,
+        "protocol_s": protocol_s,
+        "total_s": t_read + protocol_s,
+        "bytes": {
+            "setup": len(setup.SerializeToString()),
+            "request": len(request.SerializeToString()),
+            "response": len(response.SerializeToString()),
+        },
+        "domains": sorted({b[i] for i in found}),
+        "rss_mb": _maxrss_mb(),
+    }
+
+
+WORKERS = {
+    "sync": _worker_sync,
+    "report": _worker_report,
+    "plain": _worker_plain,
+    "psi": _worker_psi,
+}
+
+
+def run_worker(mode: str, **spec: Any) -> dict[str, Any]:
+    """Run one worker in a fresh process; its last stdout line is the JSON result."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.bench_e2e", "--worker", mode, json.dumps(spec)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{mode} worker failed:\n{proc.stderr[-4000:]}")
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+# ---------------------------------------------------------------------- Blindmap
+
+
+def _server_env() -> dict[str, str]:
+    return {
+        "BLINDMAP_REVEAL_BUDGET_PER_DAY": str(10**9),
+        "BLINDMAP_RATE_LIMIT_ENABLED": "false",
+    }
+
+
+class Server(bi.Server):
+    """bench_ingest's server with the report budget and rate limit out of the way."""
+
+    def __init__(self, url: str) -> None:
+        old = dict(os.environ)
+        os.environ.update(_server_env())
+        try:
+            super().__init__(url, 10_000)
+        finally:
+            os.environ.clear()
+            os.environ.update(old)
+
+    def cpu_s(self) -> float:
+        return _cpu_s(self.proc.pid)
+
+
+def setup_partnership(http: httpx.Client, keys: dict[str, str]) -> tuple[str, dict[str, str]]:
+    """Key pairs, the partnership and co-sell policies; returns (pid, slug -> private hex)."""
+    from blindmap import crypto
+    from blindmap.policy import load_template
+
+    h = {slug: {"Authorization": f"Bearer {k}"} for slug, k in keys.items()}
+    privs = {}
+    for slug in keys:
+        priv = crypto.generate_private_key()
+        privs[slug] = crypto.private_key_bytes(priv).hex()
+        pub = crypto.encode_public_key(crypto.public_key_bytes(priv))
+        bi._ok(http.put("/v1/me/public-key", json={"public_key": pub}, headers=h[slug]))
+    p = bi._ok(http.post("/v1/partnerships", json={"partner": "globex"}, headers=h["acme"]), 201)
+    pid = str(p["id"])
+    bi._ok(http.post(f"/v1/partnerships/{pid}/accept", headers=h["globex"]))
+    policy = load_template("co-sell").model_dump(mode="json")
+    for slug in keys:
+        bi._ok(http.put(f"/v1/partnerships/{pid}/policy", json=policy, headers=h[slug]))
+    return pid, privs
+
+
+def run_blindmap(db: str, a_csv: Path, b_csv: Path, truth: set[str]) -> dict[str, Any]:
+    with bi.scratch_database(db) as url:
+        keys = bi.make_companies(url)
+        server = Server(url)
+        state = tempfile.mkdtemp(prefix="blindmap-e2e-")
+        try:
+            with httpx.Client(base_url=server.base, timeout=600) as http:
+                pid, privs = setup_partnership(http, keys)
+                cpu0 = server.cpu_s()
+                t_start = time.perf_counter()
+                side = {}
+                for slug, csv_path in (("acme", a_csv), ("globex", b_csv)):
+                    side[slug] = run_worker(
+                        "sync",
+                        base_url=server.base,
+                        api_key=keys[slug],
+                        private_key=privs[slug],
+                        csv=str(csv_path),
+                        state_dir=f"{state}/{slug}",
+                    )
+                t_synced = time.perf_counter()
+                cpu_sync = server.cpu_s() - cpu0
+                match_wall = bi.wait_match(http, keys["globex"], pid, 600)
+                t_matched = time.perf_counter()
+                rep = run_worker(
+                    "report",
+                    base_url=server.base,
+                    api_key=keys["acme"],
+                    private_key=privs["acme"],
+                    pid=pid,
+                )
+                t_end = time.perf_counter()
+                hwm = server.hwm_mb()
+                cpu_total = server.cpu_s() - cpu0
+        finally:
+            server.stop()
+            import shutil
+
+            shutil.rmtree(state, ignore_errors=True)
+        matched, match_job = bi.count_matches(url, pid)
+    got = set(rep.pop("domains"))
+    if got != truth:
+        raise SystemExit(
+            f"[{db}] Blindmap's overlap differs from the ground truth: {len(got)} found, "
+            f"{len(truth)} expected, {len(got - truth)} extra, {len(truth - got)} missing"
+        )
+    a, b = side["acme"], side["globex"]
+    return {
+        "sync_a": a,
+        "sync_b": b,
+        "sync_s": t_synced - t_start,
+        "match_job_s": match_job,
+        "match_wall_s": match_wall if match_wall is not None else float("inf"),
+        "after_sync_s": t_matched - t_synced,
+        "report": rep,
+        "report_s": t_end - t_matched,
+        "total_s": t_end - t_start,
+        "matches": matched,
+        "overlap": len(got),
+        "server_rss_mb": hwm,
+        "server_cpu_sync_s": cpu_sync,
+        "server_cpu_total_s": cpu_total,
+        "client_rss_mb": max(a["rss_mb"], b["rss_mb"], rep["rss_mb"]),
+    }
+
+
+def run_plain(db: str, a_csv: Path, b_csv: Path, truth: set[str]) -> dict[str, Any]:
+    with bi.scratch_database(db) as url:
+        res = run_worker("plain", url=url, a_csv=str(a_csv), b_csv=str(b_csv))
+    got = set(res.pop("domains"))
+    if got != truth:
+        raise SystemExit(f"[{db}] plaintext overlap {len(got)} != ground truth {len(truth)}")
+    res["overlap"] = len(got)
+    return res
+
+
+def run_psi(a_csv: Path, b_csv: Path, truth: set[str]) -> dict[str, Any] | None:
+    try:
+        import private_set_intersection.python  # noqa: F401
+    except ImportError:
+        print(
+            "  peer PSI skipped: openmined-psi is not installed "
+            "(`.venv/bin/pip install -e '.[bench]'` adds it)",
+            flush=True,
+        )
+        return None
+    res = run_worker("psi", a_csv=str(a_csv), b_csv=str(b_csv))
+    got = set(res.pop("domains"))
+    if got != truth:
+        raise SystemExit(f"PSI intersection {len(got)} != ground truth {len(truth)}")
+    res["overlap"] = len(got)
+    return res
+
+
+# -------------------------------------------------------------------------- main
+
+
+def _med(runs: list[dict[str, Any]], *path: str) -> float:
+    vals = []
+    for r in runs:
+        x: Any = r
+        for p in path:
+            x = x[p]
+        vals.append(float(x))
+    return _median(vals)
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench e2e")
+    parser.add_argument("--size", default=os.environ.get("SIZE", "100k"), help="10k|100k|1m|N")
+    parser.add_argument("--db", choices=("sqlite", "postgresql", "both"), default="both")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--peer-runs", type=int, default=None, help="default: --runs (1 at 1M)")
+    parser.add_argument("--skip", action="append", default=[], choices=("plain", "psi"))
+    parser.add_argument("--json", dest="json_out", help="also write all results here")
+    args = parser.parse_args(argv)
+    n = _parse_size(args.size)
+    peer_runs = (
+        args.peer_runs if args.peer_runs is not None else (1 if n >= 1_000_000 else args.runs)
+    )
+    dbs = ["sqlite", "postgresql"] if args.db == "both" else [args.db]
+    if "postgresql" in dbs and (why := bi.pg_unavailable()):
+        print(f"  PostgreSQL not reachable ({why}): skipping it", flush=True)
+        dbs.remove("postgresql")
+    a_csv, b_csv, truth = make_data(n)
+    print(
+        f"  e2e: {n:,} accounts per side, {OVERLAP:.0%} overlap ({len(truth):,} shared "
+        f"domains in the ground truth); {os.cpu_count()} CPUs; load {_load()}",
+        flush=True,
+    )
+    out: dict[str, Any] = {"rows": n, "truth": len(truth), "dbs": {}}
+    for db in dbs:
+        bl, pl = [], []
+        for i in range(args.runs):
+            load = _load()
+            r = run_blindmap(db, a_csv, b_csv, truth)
+            r["load"] = load
+            bl.append(r)
+            a, b = r["sync_a"], r["sync_b"]
+            print(
+                f"  [{db}] blindmap run {i + 1}: total {r['total_s']:.1f} s = sync A "
+                f"{a['total_s']:.1f} (read {a['read_s']:.1f}, build {a['build_s']:.1f}, send "
+                f"{a['send_s']:.1f}, commit {a['commit_s']:.2f}) + sync B {b['total_s']:.1f} "
+                f"(read {b['read_s']:.1f}, build {b['build_s']:.1f}, send {b['send_s']:.1f}) "
+                f"+ match {r['after_sync_s']:.2f} (job {r['match_job_s'] or 0:.2f}) + reports "
+                f"{r['report_s']:.1f} (fetch {r['report']['fetch_s']:.1f}, decrypt "
+                f"{r['report']['decrypt_s']:.1f}); overlap {r['overlap']:,} = truth; RSS server "
+                f"{r['server_rss_mb']:.0f} MB, client {r['client_rss_mb']:.0f} MB; server CPU "
+                f"{r['server_cpu_total_s']:.1f} s; load {load}",
+                flush=True,
+            )
+            if "plain" not in args.skip:
+                load = _load()
+                p = run_plain(db, a_csv, b_csv, truth)
+                p["load"] = load
+                pl.append(p)
+                print(
+                    f"  [{db}] plaintext run {i + 1}: total {p['total_s']:.1f} s = read+normalize "
+                    f"{p['read_s']:.1f} + load {p['load_s']:.1f} + join {p['join_s']:.2f} + "
+                    f"fetch {p['fetch_s']:.2f}; overlap {p['overlap']:,}; RSS "
+                    f"{p['rss_mb']:.0f} MB; load {load}",
+                    flush=True,
+                )
+        out["dbs"][db] = {"blindmap": bl, "plain": pl}
+    ps = []
+    if "psi" not in args.skip:
+        for i in range(peer_runs):
+            load = _load()
+            r = run_psi(a_csv, b_csv, truth)
+            if r is None:
+                break
+            r["load"] = load
+            ps.append(r)
+            print(
+                f"  [psi] run {i + 1}: total {r['total_s']:.1f} s = read+normalize "
+                f"{r['read_s']:.1f} + protocol {r['protocol_s']:.1f} (setup {r['setup_s']:.1f}, "
+                f"request {r['request_s']:.1f}, response {r['response_s']:.1f}, intersect "
+                f"{r['intersect_s']:.1f}); bytes {sum(r['bytes'].values()) / 1e6:.1f} MB; "
+                f"Blindmap tokens of both sides {r['tokens_s']:.2f} s; load {load}",
+                flush=True,
+            )
+    out["psi"] = ps
+    summarize(out, n)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(out, indent=1))
+
+
+def summarize(out: dict[str, Any], n: int) -> None:
+    ps = out["psi"]
+    psi_total = _med(ps, "total_s") if ps else None
+    psi_core = _med(ps, "protocol_s") if ps else None
+    tokens_s = _med(ps, "tokens_s") if ps else None
+    print(f"\n  e2e medians, {n:,} x {n:,} accounts, {OVERLAP:.0%} overlap:")
+    header = (
+        "| database | system | end to end | stages (medians) | records/s | peak RSS | "
+        "vs plaintext | vs PSI | runs |"
+    )
+    print(header)
+    print("|---|---|---:|---|---:|---|---:|---:|---|")
+    for db, res in out["dbs"].items():
+        bl, pl = res["blindmap"], res["plain"]
+        tot = _med(bl, "total_s")
+        recs = bl[0]["sync_a"]["records"] + bl[0]["sync_b"]["records"]
+        plain_tot = _med(pl, "total_s") if pl else None
+        stages = (
+            f"sync A {_med(bl, 'sync_a', 'total_s'):.1f} s (read {_med(bl, 'sync_a', 'read_s'):.1f}"
+            f", build {_med(bl, 'sync_a', 'build_s'):.1f}, send {_med(bl, 'sync_a', 'send_s'):.1f})"
+            f"; sync B {_med(bl, 'sync_b', 'total_s'):.1f} s; match "
+            f"{_med(bl, 'after_sync_s'):.2f} s (job {_med(bl, 'match_job_s'):.2f}); reports "
+            f"{_med(bl, 'report_s'):.1f} s"
+        )
+        ratio_plain = f"{tot / plain_tot:.2f}x" if plain_tot else "—"
+        ratio_psi = f"{psi_total / tot:.1f}x faster" if psi_total else "—"
+        print(
+            f"| {db} | Blindmap | {tot:.1f} s | {stages} | {recs / tot:,.0f} | server "
+            f"{_med(bl, 'server_rss_mb'):.0f} MB, client {_med(bl, 'client_rss_mb'):.0f} MB | "
+            f"{ratio_plain} | {ratio_psi} | {len(bl)} |"
+        )
+        if pl:
+            stages = (
+                f"read+normalize {_med(pl, 'read_s'):.1f} s, load {_med(pl, 'load_s'):.1f} s, "
+                f"join {_med(pl, 'join_s'):.2f} s, fetch {_med(pl, 'fetch_s'):.2f} s"
+            )
+            print(
+                f"| {db} | plaintext baseline | {plain_tot:.1f} s | {stages} | "
+                f"{recs / plain_tot:,.0f} | {_med(pl, 'rss_mb'):.0f} MB | 1 | — | {len(pl)} |"
+            )
+        if tokens_s is not None and psi_core:
+            core = tokens_s + _med(bl, "match_job_s")
+            print(
+                f"| {db} | matching core | Blindmap {core:.2f} s (tokens {tokens_s:.2f} + job "
+                f"{_med(bl, 'match_job_s'):.2f}) vs PSI protocol {psi_core:.1f} s | | | | | "
+                f"{psi_core / core:.0f}x | |"
+            )
+    if ps:
+        b = ps[0]["bytes"]
+        print(
+            f"| — | OpenMined PSI | {psi_total:.1f} s | read+normalize "
+            f"{_med(ps, 'read_s'):.1f} s, protocol {psi_core:.1f} s (setup "
+            f"{_med(ps, 'setup_s'):.1f}, request {_med(ps, 'request_s'):.1f}, response "
+            f"{_med(ps, 'response_s'):.1f}, intersect {_med(ps, 'intersect_s'):.1f}); "
+            f"{sum(b.values()) / 1e6:.1f} MB exchanged | {2 * n / psi_total:,.0f} | "
+            f"{_med(ps, 'rss_mb'):.0f} MB | | 1 | {len(ps)} |"
+        )
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--worker"]:
+        mode, spec = sys.argv[2], json.loads(sys.argv[3])
+        print(json.dumps(WORKERS[mode](spec)), flush=True)
+    else:
+        main(sys.argv[1:])

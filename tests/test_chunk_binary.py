@@ -1,0 +1,242 @@
+"""The binary chunk format (docs/protocol.md §8.3): accepted like NDJSON, matched alike,
+and every guard of the NDJSON path applies, naming the record and the field."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import struct
+import uuid
+
+import pytest
+
+from blindmap import protocol
+from blindmap.sync import binary_chunk_body, encode_binary_record
+from service import errors
+from service.upload import ingest
+from tests.test_uploads import pair  # noqa: F401  (fixture)
+from tests.uploads import manifest, match_pairs, ndjson, record, token, wait_jobs
+
+BIN = {"content-type": protocol.BINARY_CHUNK}
+ND = {"content-type": protocol.NDJSON}
+
+
+def _b64d(s: str) -> bytes:
+    return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
+
+
+def to_binary(recs: list[dict]) -> bytes:
+    """The binary form of NDJSON-shaped records (tests.uploads.record)."""
+    return binary_chunk_body(
+        [
+            encode_binary_record(
+                r["ref"],
+                [(t["kind"], _b64d(t["value"])) for t in r["tokens"]],
+                _b64d(r["self"]),
+                _b64d(r["partner"]) if r.get("partner") else None,
+            )
+            for r in recs
+        ]
+    )
+
+
+def _stage(client, tenant, pid, chunks, records, **over):
+    h = tenant.headers("uploader")
+    r = client.post(
+        f"/v1/partnerships/{pid}/uploads",
+        headers=h,
+        json=manifest(client, tenant, pid, "customers", chunks, records, **over),
+    )
+    assert r.status_code == 201, r.text
+    return r.json(), h
+
+
+def test_layout_is_byte_exact() -> None:
+    """The framing of §8.3, spelled out byte by byte."""
+    tok = bytes(range(16))
+    body = binary_chunk_body([encode_binary_record("ab", [("domain", tok)], b"S" * 3, None)])
+    assert body == (
+        b"BMC1"
+        + b"\x00\x00\x00\x01"  # one record
+        + b"\x00\x02ab"  # ref length (u16) + UTF-8
+        + b"\x01"  # one token
+        + b"\x00"
+        + tok  # kind domain + 16 bytes
+        + b"\x00\x00\x00\x03SSS"  # self (u32 length)
+        + b"\x00\x00\x00\x00"  # partner: none
+    )
+
+
+def test_binary_upload_matches_like_ndjson(client, tenants, app, pair):  # noqa: F811
+    a = [record(f"r{i}", [i], partner=True) for i in range(10)]
+    b = [record(f"r{i}", [i + 5], partner=True) for i in range(10)]
+    for tenant, recs, fmt in ((tenants.a, a, "binary"), (tenants.b, b, "ndjson")):
+        chunks = (
+            [to_binary(recs[:4]), to_binary(recs[4:])]
+            if fmt == "binary"
+            else [ndjson(recs[:4]), ndjson(recs[4:])]
+        )
+        up, h = _stage(client, tenant, pair, chunks, 10, sealed_fields=["name"])
+        for n, c in enumerate(chunks):
+            r = client.put(
+                f"/v1/uploads/{up['id']}/chunks/{n}",
+                content=c,
+                headers={**h, **(BIN if fmt == "binary" else ND)},
+            )
+            assert r.status_code == 200, r.text
+            # the digest rule is the same: SHA-256 of the body bytes
+            assert r.json()["sha256"] == hashlib.sha256(c).hexdigest()
+            assert r.json()["records"] == (4 if n == 0 else 6)
+        again = client.put(
+            f"/v1/uploads/{up['id']}/chunks/0",
+            content=chunks[0],
+            headers={**h, **(BIN if fmt == "binary" else ND)},
+        )
+        assert again.json()["duplicate"]
+        assert client.post(f"/v1/uploads/{up['id']}/commit", headers=h).status_code == 200
+    wait_jobs(app)
+    # tenants.b's record r{i} holds token i+5 = tenants.a's r{i+5}
+    assert match_pairs(app, pair) == {(f"r{i + 5}", f"r{i}") for i in range(5)}
+
+
+def test_ndjson_sent_as_binary_is_a_clear_422(client, tenants, pair):  # noqa: F811
+    chunk = ndjson([record("a", [1])])
+    up, h = _stage(client, tenants.a, pair, [chunk], 1)
+    r = client.put(f"/v1/uploads/{up['id']}/chunks/0", content=chunk, headers={**h, **BIN})
+    assert r.status_code == 422 and "BMC1" in r.json()["detail"], r.text
+    r = client.put(
+        f"/v1/uploads/{up['id']}/chunks/0", content=chunk, headers={**h, "content-type": "x/y"}
+    )
+    assert r.status_code == 415 and protocol.BINARY_CHUNK in r.json()["detail"]
+
+
+def _rand(n: int, seed: str = "s") -> bytes:
+    """Deterministic ciphertext-like bytes (parameter ids must agree across xdist workers)."""
+    out = b""
+    i = 0
+    while len(out) < n:
+        out += hashlib.sha256(f"{seed}:{i}".encode()).digest()
+        i += 1
+    return out[:n]
+
+
+def _rec(ref: bytes = b"r2", toks=None, self_=None, partner=b"") -> bytes:
+    toks = [(0, token(2))] if toks is None else toks
+    self_ = _rand(40) if self_ is None else self_
+    return (
+        struct.pack(">H", len(ref))
+        + ref
+        + bytes([len(toks)])
+        + b"".join(bytes([k]) + v for k, v in toks)
+        + struct.pack(">I", len(self_))
+        + self_
+        + struct.pack(">I", len(partner))
+        + partner
+    )
+
+
+def _body(*recs: bytes, count: int | None = None) -> bytes:
+    return b"BMC1" + struct.pack(">I", len(recs) if count is None else count) + b"".join(recs)
+
+
+GOOD = _rec(b"r1", [(0, token(1))])
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "needle"),
+    [
+        (_body(GOOD, _rec(toks=[(0, b"acme-analytics.c")])), "tokens[0].value", "plaintext"),
+        (_body(GOOD, _rec(toks=[(0, b"bob@acme.example")])), "tokens[0].value", "plaintext"),
+        (_body(GOOD, _rec(ref=b"acme.com")), "ref", "looks like plaintext"),
+        (_body(GOOD, _rec(ref=b"x" * 65)), "ref", "longer than 64"),
+        (_body(GOOD, _rec(ref=b"")), "ref", "non-empty"),
+        (_body(GOOD, _rec(ref=b"r1")), "ref", "appears twice"),
+        (_body(GOOD, _rec(ref=b"\xff\xfe")), "ref", "not UTF-8"),
+        (
+            _body(GOOD, _rec(toks=[(0, bytes([i]) * 16) for i in range(9)])),
+            "tokens",
+            "more than 8",
+        ),
+        (_body(GOOD, _rec(toks=[])), "tokens", "non-empty"),
+        (_body(GOOD, _rec(toks=[(1, token(2))])), "tokens[0].kind", "token kinds"),
+        (_body(GOOD, _rec(toks=[(7, token(2))])), "tokens[0].kind", "token kinds"),
+        (_body(GOOD, _rec(self_=_rand(5000))), "self", "over the limit of 4096"),
+        (_body(GOOD, _rec(self_=_rand(10))), "self", "too short"),
+        (_body(GOOD, _rec(self_=b"")), "self", "required"),
+        (_body(GOOD, _rec(self_=b'{"name": "Acme Analytics", "x": 1}')), "self", "plaintext"),
+        (_body(GOOD, _rec(partner=_rand(40, "p"))), "partner", "no sealed fields"),
+        (_body(GOOD, _rec()[:-10]), "self", "truncated"),
+        (_body(GOOD, _rec()[:-2]), "partner_len", "truncated"),
+        (_body(GOOD, b"\x00"), "ref_len", "truncated"),
+        (_body(GOOD, _rec(), count=3), "ref_len", "truncated"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "body",
+)
+def test_bad_binary_records_name_record_and_field(client, tenants, pair, body, field, needle):  # noqa: F811
+    up, h = _stage(client, tenants.a, pair, [body], 2)
+    r = client.put(f"/v1/uploads/{up['id']}/chunks/0", content=body, headers={**h, **BIN})
+    assert r.status_code == 422, r.text
+    err = r.json()["errors"][0]
+    assert err["field"] == field and needle in err["message"], err
+    assert err["record"] in (2, 3) and f"record {err['record']}" in r.json()["detail"]
+    assert client.get(f"/v1/uploads/{up['id']}", headers=h).json()["received_chunks"] == []
+
+
+def _parse(body: bytes, **over):
+    kw = dict(
+        n=0,
+        upload_num=1,
+        partnership_id=uuid.uuid4(),
+        token_kinds=["domain"],
+        sealed_fields=[],
+        max_records=50_000,
+        max_sealed_bytes=4096,
+    )
+    kw.update(over)
+    return ingest.parse_binary_chunk(body, **kw)
+
+
+def test_parser_edges() -> None:
+    # trailing bytes after the announced records
+    with pytest.raises(errors.Unprocessable, match=r"record 2: record: 3 bytes after"):
+        _parse(_body(GOOD) + b"abc")
+    # a count over the chunk limit is a 413 before any parsing
+    with pytest.raises(errors.PayloadTooLarge, match="limit is 5"):
+        _parse(_body(GOOD, count=6), max_records=5)
+    # no magic
+    with pytest.raises(errors.Unprocessable, match="BMC1"):
+        _parse(b"XXXX\x00\x00\x00\x01" + GOOD)
+    # partner required when the manifest seals fields
+    with pytest.raises(errors.Unprocessable, match="record 1: partner: required"):
+        _parse(_body(GOOD), sealed_fields=["name"])
+    # name tokens when the manifest lists them; a repeated token is stored once
+    name = _rec(b"n1", [(0, token(1)), (1, token("n")), (1, token("n"))])
+    out = _parse(_body(name), token_kinds=["domain", "name"])
+    assert [(t[1], t[2]) for t in out.token_rows] == [(0, token(1)), (1, token("n"))]
+    assert out.record_rows[0][3] == "n1"
+
+
+def test_binary_and_ndjson_parse_to_the_same_rows() -> None:
+    recs = [record(f"r{i}", [i, f"x{i}"], partner=True) for i in range(50)]
+    kw = dict(
+        n=3,
+        upload_num=9,
+        partnership_id=uuid.uuid4(),
+        token_kinds=["domain"],
+        sealed_fields=["name"],
+        max_records=50_000,
+        max_sealed_bytes=4096,
+    )
+    a = ingest.parse_chunk(ndjson(recs), **kw)
+    b = ingest.parse_binary_chunk(to_binary(recs), **kw)
+    assert a.record_rows == b.record_rows and a.token_rows == b.token_rows
+
+
+def test_copy_buffer_layout() -> None:
+    """The PostgreSQL COPY stream built per chunk: signature, 6/5-field tuples, trailer."""
+    out = _parse(_body(GOOD))
+    rec, tok = ingest.copy_buffers(out)
+    assert rec.startswith(b"PGCOPY\n\xff\r\n\x00") and rec.endswith(b"\xff\xff")
+    assert tok.startswith(b"PGCOPY\n\xff\r\n\x00") and tok.endswith(b"\xff\xff")
+    assert len(tok) == 19 + (2 + 4 + 4 + 4 + 2 + 4 + 16 + 4 + 8 + 4 + 16) + 2
+    assert rec[19:21] == b"\x00\x06" and rec.endswith(b"\xff\xff\xff\xff\xff\xff")
