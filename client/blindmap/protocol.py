@@ -229,11 +229,6 @@ BINARY_CHUNK = "application/vnd.blindmap.chunk+binary"
 BINARY_CHUNK_MAGIC = b"BMC1"
 BINARY_KIND_CODES = {"domain": 0, "name": 1}
 """Token kind → its one-byte code in binary chunks."""
-BINARY_CHUNK = "application/vnd.blindmap.chunk+binary"
-"""Compact chunk format (docs/protocol.md §8.3): raw bytes, length-prefixed, no base64."""
-BINARY_CHUNK_MAGIC = b"BMC1"
-BINARY_KIND_CODES = {"domain": 0, "name": 1}
-"""Token kind → its one-byte code in binary chunks."""
 Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
 
