@@ -115,15 +115,37 @@ def run_one(factory: sessionmaker[Session], settings: Settings, worker_id: str) 
         log.warning(
             "job failed", extra={"job_id": job_id, "kind": kind, "error": type(exc).__name__}
         )
-        with factory.begin() as session:
-            job = session.get_one(Job, job_id)
-            job.error = f"{type(exc).__name__}: {exc}"[:2000]
-            if job.attempts >= settings.job_max_attempts:
-                job.status, job.finished_at = "failed", utcnow()
-            else:
-                job.status, job.run_after = "queued", utcnow() + _backoff(job.attempts)
-            job.locked_by = job.locked_at = None
+        try:
+            with factory.begin() as session:
+                job = session.get_one(Job, job_id)
+                job.error = f"{type(exc).__name__}: {exc}"[:2000]
+                if job.attempts >= settings.job_max_attempts:
+                    job.status, job.finished_at = "failed", utcnow()
+                else:
+                    job.status, job.run_after = "queued", utcnow() + _backoff(job.attempts)
+                job.locked_by = job.locked_at = None
+        except Exception as lost:  # the database itself is gone: hand the job back later
+            raise JobLostError(job_id) from lost
     return True
+
+
+class JobLostError(RuntimeError):
+    """A job's outcome could not be recorded (the database went away); the worker
+    re-queues it as soon as the database answers, instead of waiting for the lease."""
+
+    def __init__(self, job_id: int) -> None:
+        super().__init__(f"job {job_id} could not be recorded")
+        self.job_id = job_id
+
+
+def requeue_own(factory: sessionmaker[Session], worker: str, job_ids: set[int]) -> None:
+    """Put jobs this worker was running back in the queue (they rolled back)."""
+    with factory.begin() as session:
+        for job_id in job_ids:
+            job = session.get(Job, job_id)
+            if job is not None and job.status == "running" and job.locked_by == worker:
+                job.status, job.locked_by, job.locked_at = "queued", None, None
+                job.run_after = utcnow()
 
 
 def drain(factory: sessionmaker[Session], settings: Settings, worker_id: str = "drain") -> int:
@@ -161,14 +183,23 @@ class Worker:
         from service.upload import service as uploads
 
         last_reap = 0.0
+        lost: set[int] = set()
         while not self.stopping.is_set():
             try:
+                if lost:
+                    requeue_own(self.factory, self.id, lost)
+                    lost.clear()
                 busy = run_one(self.factory, self.settings, self.id)
                 now = _monotonic()
                 if now - last_reap > 60:
                     last_reap = now
                     with self.factory.begin() as session:
                         uploads.reap(session, self.settings)
+            except JobLostError as exc:
+                lost.add(exc.job_id)
+                log.warning("job outcome lost; will re-queue", extra={"job_id": exc.job_id})
+                busy = False
+                self.stopping.wait(2.0)
             except Exception:  # the database may be restarting: back off and retry
                 log.exception("worker loop error")
                 busy = False

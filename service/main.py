@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -193,6 +194,26 @@ def _install_error_handlers(app: FastAPI) -> None:
         if cls is errors.ServiceError:
             err.status = exc.status_code
         return _problem(request, err)
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        # The database went away mid-request (restart, failover). The unit of work rolled
+        # back whole, so a retry is safe: 503 + Retry-After, which the SDK retries.
+        log.warning(
+            "database unavailable",
+            extra={
+                "request_id": request.scope.get("state", {}).get("request_id"),
+                "error": type(exc).__name__,
+            },
+        )
+        return _problem(
+            request,
+            errors.Unavailable(
+                "The database is not reachable right now; retry shortly.",
+                headers={"Retry-After": "1"},
+            ),
+        )
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -294,6 +294,18 @@ matches = Table(
     sqlite_with_rowid=False,
 )
 
+# Distinct matched records per pair of uploads, per side, written by the match job:
+# the summary report reads one row per cell instead of counting matches.
+match_counts = Table(
+    "match_counts",
+    Base.metadata,
+    Column("a_upload", ForeignKey("uploads.num", ondelete="CASCADE"), primary_key=True),
+    Column("b_upload", ForeignKey("uploads.num", ondelete="CASCADE"), primary_key=True),
+    Column("partnership_id", Uuid, nullable=False),
+    Column("a_records", Integer, nullable=False),
+    Column("b_records", Integer, nullable=False),
+)
+
 JOB_STATUSES = ("queued", "running", "done", "failed")
 
 
@@ -373,3 +385,19 @@ class IdempotencyKey(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     locked_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class RevealSpend(Base):
+    """Partner records released to a viewer, per partnership and hour: the daily reveal
+    budget sums at most 25 rows instead of scanning the disclosure log."""
+
+    __tablename__ = "reveal_spend"
+
+    partnership_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("partnerships.id", ondelete="CASCADE"), primary_key=True
+    )
+    viewer_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("companies.id", ondelete="CASCADE"), primary_key=True
+    )
+    hour: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    records: Mapped[int] = mapped_column(Integer, default=0)

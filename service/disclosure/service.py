@@ -5,42 +5,47 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from blindmap.disclosure import GENESIS, entry_hash
 from service import errors
-from service.models import Company, Disclosure, Partnership, utcnow
+from service.models import Company, Disclosure, Partnership, RevealSpend, utcnow
 
 
-def spent_today(session: Session, pid: uuid.UUID, viewer_id: uuid.UUID) -> tuple[int, object]:
-    since = utcnow() - timedelta(days=1)
+def _hour(at: datetime) -> datetime:
+    return at.replace(minute=0, second=0, microsecond=0)
+
+
+def spent_today(
+    session: Session, pid: uuid.UUID, viewer_id: uuid.UUID
+) -> tuple[int, datetime | None]:
+    """Records released to `viewer_id` in the last 24 hours (hour buckets), and the
+    oldest bucket that counts."""
+    since = _hour(utcnow()) - timedelta(hours=23)
     row = session.execute(
-        select(
-            func.coalesce(func.sum(Disclosure.records), 0), func.min(Disclosure.created_at)
-        ).where(
-            Disclosure.partnership_id == pid,
-            Disclosure.viewer_id == viewer_id,
-            Disclosure.created_at > since,
-            Disclosure.records > 0,
+        select(func.coalesce(func.sum(RevealSpend.records), 0), func.min(RevealSpend.hour)).where(
+            RevealSpend.partnership_id == pid,
+            RevealSpend.viewer_id == viewer_id,
+            RevealSpend.hour >= since,
+            RevealSpend.records > 0,
         )
     ).one()
     return int(row[0]), row[1]
 
 
-def check_budget(
-    session: Session, p: Partnership, viewer_id: uuid.UUID, wanted: int, budget: int
-) -> None:
-    """429 with Retry-After when releasing `wanted` more records would pass the budget."""
+def spend(session: Session, p: Partnership, viewer_id: uuid.UUID, wanted: int, budget: int) -> None:
+    """Charge `wanted` records to the viewer's budget, or 429 with Retry-After when it
+    would pass it. The caller holds the partnership row lock."""
     if wanted <= 0:
         return
     spent, oldest = spent_today(session, p.id, viewer_id)
     if spent + wanted > budget:
         retry = 3600
         if oldest is not None:
-            retry = max(1, int((oldest + timedelta(days=1) - utcnow()).total_seconds()) + 1)  # type: ignore[operator]
+            retry = max(1, int((oldest + timedelta(hours=24) - utcnow()).total_seconds()) + 1)
         raise errors.RateLimited(
             f"This release of {wanted} records would pass the daily reveal budget of {budget} "
             f"records for this partnership ({spent} released in the last 24 hours).",
@@ -48,6 +53,15 @@ def check_budget(
             limit=budget,
             spent=spent,
         )
+    hour = _hour(utcnow())
+    row = session.get(RevealSpend, (p.id, viewer_id, hour))
+    if row is None:
+        session.add(
+            RevealSpend(partnership_id=p.id, viewer_id=viewer_id, hour=hour, records=wanted)
+        )
+    else:
+        row.records += wanted
+    session.flush()
 
 
 def append(

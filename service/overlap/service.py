@@ -6,12 +6,12 @@ inserts the new ones, so readers see either the old set or the new one.
 
 from __future__ import annotations
 
-from sqlalchemy import delete, or_, select, text
+from sqlalchemy import delete, func, insert, or_, select, text
 from sqlalchemy.orm import Session
 
 from blindmap.policy import Policy, name_matching_enabled
 from service import jobs
-from service.models import Job, Partnership, Upload, matches
+from service.models import Job, Partnership, Upload, match_counts, matches
 from service.policy import service as policies
 from service.upload.ingest import KIND_CODES
 
@@ -56,9 +56,10 @@ def run_match(session: Session, job: Job) -> None:
         .scalars()
         .all()
     )
-    session.execute(
-        delete(matches).where(or_(matches.c.a_upload == up.num, matches.c.b_upload == up.num))
-    )
+    for table in (matches, match_counts):
+        session.execute(
+            delete(table).where(or_(table.c.a_upload == up.num, table.c.b_upload == up.num))
+        )
     if session.get_bind().dialect.name == "postgresql":
         # A fresh upload has no planner statistics until autovacuum analyses it, and the
         # planner then picks a nested loop over every token pair (50k x 50k: minutes). A
@@ -83,6 +84,18 @@ def run_match(session: Session, job: Job) -> None:
                     "kind": KIND_CODES[kind],
                 },
             )
+        pair = (matches.c.a_upload == a.num) & (matches.c.b_upload == b.num)
+        a_n, b_n = session.execute(
+            select(
+                func.count(func.distinct(matches.c.a_seq)),
+                func.count(func.distinct(matches.c.b_seq)),
+            ).where(pair)
+        ).one()
+        session.execute(
+            insert(match_counts).values(
+                a_upload=a.num, b_upload=b.num, partnership_id=p.id, a_records=a_n, b_records=b_n
+            )
+        )
 
 
 def _uuid_param(session: Session, value: object) -> object:

@@ -7,10 +7,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, exists, func, select, tuple_
+from sqlalchemy import and_, exists, select, tuple_
 from sqlalchemy.orm import Session
 
-from service.models import matches, records, tokens
+from service.models import match_counts, matches, records, tokens
 
 
 @dataclass(frozen=True)
@@ -37,14 +37,14 @@ class Sides:
 
 
 def matched_count(session: Session, sides: Sides, my_upload: int, their_upload: int) -> int:
-    """Distinct records of my upload that match the partner's upload."""
-    return int(
-        session.execute(
-            select(func.count(func.distinct(sides.my_seq))).where(
-                sides.my_upload == my_upload, sides.their_upload == their_upload
-            )
-        ).scalar_one()
-    )
+    """Distinct records of my upload that match the partner's upload (precomputed by the
+    match job; 0 until it has run)."""
+    a, b = (my_upload, their_upload) if sides.mine_is_a else (their_upload, my_upload)
+    col = match_counts.c.a_records if sides.mine_is_a else match_counts.c.b_records
+    n = session.execute(
+        select(col).where(match_counts.c.a_upload == a, match_counts.c.b_upload == b)
+    ).scalar_one_or_none()
+    return int(n or 0)
 
 
 def matched_mine(

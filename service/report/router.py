@@ -18,11 +18,11 @@ Limit = Annotated[int, Query(ge=1, le=1000)]
 
 @router.get("/reports/summary", response_model=protocol.SummaryReport)
 def summary_report(
-    partnership_id: uuid.UUID, session: SessionDep, caller: ReaderKey
+    partnership_id: uuid.UUID, request: Request, session: SessionDep, caller: ReaderKey
 ) -> protocol.SummaryReport:
     """The account-mapping matrix: my populations against the partner's visible ones,
     matched accounts per cell, small cells suppressed as `<k`."""
-    return service.summary(session, caller, partnership_id)
+    return service.summary(session, request.app.state.settings, caller, partnership_id)
 
 
 @router.get("/reports/overlaps", response_model=protocol.OverlapPage)

@@ -78,8 +78,10 @@ def _committed(
     return {pop.slug: (up, pop) for up, pop in rows}
 
 
-def context(session: Session, caller: Principal, pid: uuid.UUID, *, lock: bool) -> Context:
-    p = partnerships.get(session, caller.company_id, pid, for_update=lock)
+def context(session: Session, caller: Principal, pid: uuid.UUID) -> Context:
+    """Read without locks: reports of one partnership run concurrently; only the release
+    step at the end (`_release`) is serialised."""
+    p = partnerships.get(session, caller.company_id, pid)
     if p.status != "active":
         raise errors.Conflict(f"This partnership is {p.status}; reports need an active one.")
     partner = partnerships.partner_id_of(p, caller.company_id)
@@ -101,17 +103,32 @@ def context(session: Session, caller: Principal, pid: uuid.UUID, *, lock: bool) 
     )
 
 
-def _log(
+def _release(
     session: Session,
+    settings: Settings,
     ctx: Context,
     report: ReportKind,
     records: int,
     my_pop: str | None = None,
     their_pop: str | None = None,
 ) -> None:
+    """Charge the reveal budget and append the disclosure entry, under the partnership
+    row lock (the hash chain needs one order). The policies that decided the report must
+    still be the current ones."""
+    p = partnerships.get(session, ctx.me, ctx.p.id, for_update=True)
+    if p.status != "active":
+        raise errors.Conflict(f"This partnership is {p.status}.")
+    now_mine = policies.current(session, p.id, ctx.me).version
+    now_theirs = policies.current(session, p.id, ctx.partner).version
+    if (now_mine, now_theirs) != (ctx.my_row.version, ctx.their_row.version):
+        raise errors.Conflict(
+            "A policy changed while the report was being prepared; run it again.",
+            headers={"Retry-After": "1"},
+        )
+    disclosures.spend(session, p, ctx.me, records, settings.reveal_budget_per_day)
     disclosures.append(
         session,
-        ctx.p,
+        p,
         viewer_id=ctx.me,
         owner_id=ctx.partner,
         report=report.value,
@@ -130,8 +147,10 @@ def _population_or_404(
 
 
 # -- summary ------------------------------------------------------------------------------
-def summary(session: Session, caller: Principal, pid: uuid.UUID) -> protocol.SummaryReport:
-    ctx = context(session, caller, pid, lock=True)
+def summary(
+    session: Session, settings: Settings, caller: Principal, pid: uuid.UUID
+) -> protocol.SummaryReport:
+    ctx = context(session, caller, pid)
     visible = [
         x
         for x in ctx.theirs
@@ -155,7 +174,7 @@ def summary(session: Session, caller: Principal, pid: uuid.UUID) -> protocol.Sum
                     display=str(shown) if shown is not None else "—",
                 )
             )
-    _log(session, ctx, ReportKind.summary, 0)
+    _release(session, settings, ctx, ReportKind.summary, 0)
     return protocol.SummaryReport(
         partnership_id=ctx.p.id,
         generated_at=utcnow(),
@@ -233,7 +252,7 @@ def overlaps(
     cursor: str | None,
     limit: int,
 ) -> protocol.OverlapPage:
-    ctx = context(session, caller, pid, lock=True)
+    ctx = context(session, caller, pid)
     _population_or_404(mine, ctx.mine, "your")
     if theirs is not None and (
         theirs not in ctx.theirs or ctx.eff(theirs, mine).level < Share.count
@@ -275,9 +294,8 @@ def overlaps(
             if seqs:
                 next_cursor = _next_cursor(my_up.num, seqs[-1])
             break
-    disclosures.check_budget(session, ctx.p, ctx.me, released, settings.reveal_budget_per_day)
     if released:
-        _log(session, ctx, ReportKind.overlaps, released, mine, theirs)
+        _release(session, settings, ctx, ReportKind.overlaps, released, mine, theirs)
     return protocol.OverlapPage(
         partnership_id=ctx.p.id, items=items, next_cursor=next_cursor, policy_versions=ctx.versions
     )
@@ -294,7 +312,7 @@ def white_space(
     cursor: str | None,
     limit: int,
 ) -> protocol.WhiteSpacePage:
-    ctx = context(session, caller, pid, lock=True)
+    ctx = context(session, caller, pid)
     for y in not_in or []:
         _population_or_404(y, ctx.mine, "your")
     full = [x for x in ctx.theirs if ctx.eff(x, None).level >= Share.full]
@@ -322,9 +340,8 @@ def white_space(
             if rows:
                 next_cursor = _next_cursor(up.num, rows[-1][0])
             break
-    disclosures.check_budget(session, ctx.p, ctx.me, len(items), settings.reveal_budget_per_day)
     if items:
-        _log(session, ctx, ReportKind.white_space, len(items), None, theirs)
+        _release(session, settings, ctx, ReportKind.white_space, len(items), None, theirs)
     return protocol.WhiteSpacePage(
         partnership_id=ctx.p.id, items=items, next_cursor=next_cursor, policy_versions=ctx.versions
     )
@@ -337,7 +354,7 @@ def lookup(
     pid: uuid.UUID,
     body: protocol.LookupRequest,
 ) -> protocol.LookupResponse:
-    ctx = context(session, caller, pid, lock=True)
+    ctx = context(session, caller, pid)
     wanted: list[tuple[int, bytes]] = []
     for i, t in enumerate(body.tokens):
         try:
@@ -382,9 +399,8 @@ def lookup(
                 partner.append(_partner_record(ctx.theirs[x][0], x, allowed[x], ref, sealed))
         released += len(partner)
         results.append(protocol.LookupResult(kind=t.kind, value=t.value, partner=partner))
-    disclosures.check_budget(session, ctx.p, ctx.me, released, settings.reveal_budget_per_day)
     if released:
-        _log(session, ctx, ReportKind.lookup, released)
+        _release(session, settings, ctx, ReportKind.lookup, released)
     return protocol.LookupResponse(
         partnership_id=ctx.p.id, results=results, policy_versions=ctx.versions
     )

@@ -26,6 +26,7 @@ from service.models import (
     Population,
     Upload,
     UploadChunk,
+    match_counts,
     matches,
     records,
     tokens,
@@ -240,11 +241,10 @@ def _previous(session: Session, up: Upload) -> Upload | None:
 
 def _drop_data(session: Session, upload_num: int) -> None:
     """Delete an upload's records, tokens, matches and chunks (children first)."""
-    session.execute(
-        delete(matches).where(
-            or_(matches.c.a_upload == upload_num, matches.c.b_upload == upload_num)
+    for table in (matches, match_counts):
+        session.execute(
+            delete(table).where(or_(table.c.a_upload == upload_num, table.c.b_upload == upload_num))
         )
-    )
     session.execute(delete(tokens).where(tokens.c.upload_num == upload_num))
     session.execute(delete(records).where(records.c.upload_num == upload_num))
     session.execute(delete(UploadChunk).where(UploadChunk.upload_num == upload_num))
