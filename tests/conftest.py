@@ -201,7 +201,6 @@ class Tenants:
 
 def make_tenant(app: FastAPI, slug: str, name: str) -> Tenant:
     from blindmap.protocol import Role
-
     from service.api_key import service as keys
     from service.company import service as companies
 

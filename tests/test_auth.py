@@ -116,8 +116,8 @@ def test_list_paginates_with_cursor(client, tenants):
 
 def test_a_key_cannot_grant_above_its_own_role(session, tenants):
     import pytest
-    from blindmap.protocol import Role
 
+    from blindmap.protocol import Role
     from service import errors
     from service.api_key import service
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 
-import blindmap
 import pytest
-from blindmap import cli
 from click.testing import CliRunner
+
+import blindmap
+from blindmap import cli
 
 
 @pytest.fixture

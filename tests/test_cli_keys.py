@@ -8,9 +8,10 @@ import stat
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner, Result
+
 from blindmap import crypto, keyfile
 from blindmap.cli import EXIT_REJECTED, EXIT_USAGE, main
-from click.testing import CliRunner, Result
 
 pytestmark = [
     pytest.mark.usefixtures("no_network"),

@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from blindmap import crypto
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from blindmap import crypto
 
 pytestmark = pytest.mark.usefixtures("no_network")
 

@@ -7,9 +7,10 @@ import stat
 from pathlib import Path
 
 import pytest
-from blindmap import crypto, keyfile
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+from blindmap import crypto, keyfile
 
 pytestmark = [
     pytest.mark.usefixtures("no_network"),

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import blindmap
 import httpx
 import pytest
+
+import blindmap
 from blindmap import protocol
 
 
@@ -177,7 +178,9 @@ def test_a_long_retry_after_is_raised_at_once():
 
     def handler(request):
         calls.append(1)
-        return httpx.Response(429, headers={"Retry-After": "3600"}, json={"title": "Too many requests", "status": 429})
+        return httpx.Response(
+            429, headers={"Retry-After": "3600"}, json={"title": "Too many requests", "status": 429}
+        )
 
     c = _client(handler)
     with pytest.raises(blindmap.RateLimitError):

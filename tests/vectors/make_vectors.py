@@ -13,8 +13,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from blindmap import crypto
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
+from blindmap import crypto
 
 OUT = Path(__file__).with_name("crypto.json")
 
