@@ -293,3 +293,32 @@ def partner_up(client: TestClient, inviter: Tenant, invitee: Tenant, *, accept: 
         r = client.post(f"/v1/partnerships/{pid}/accept", headers=invitee.headers())
         assert r.status_code == 200, r.text
     return str(pid)
+
+
+@pytest.fixture
+def as_company(client, monkeypatch, tmp_path):  # type: ignore[no-untyped-def]
+    """Run the `blindmap` CLI as a tenant: its API key, its own key file under tmp_path,
+    the real SDK talking to the real app in-process."""
+    from click.testing import CliRunner
+
+    import blindmap
+    from blindmap import cli
+
+    monkeypatch.setattr(
+        cli.State,
+        "client",
+        lambda self: blindmap.Client(base_url="http://testserver", http_client=client),
+    )
+    monkeypatch.delenv("BLINDMAP_KEY_PASSPHRASE", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+    def invoke(tenant, *args: str, role: str = "admin", input: str | None = None):  # type: ignore[no-untyped-def]
+        env = {
+            "BLINDMAP_API_KEY": tenant.keys[role],
+            "BLINDMAP_KEY_FILE": str(tmp_path / tenant.slug / "key.pem"),
+        }
+        return CliRunner().invoke(
+            cli.main, list(args), env=env, input=input, catch_exceptions=False
+        )
+
+    return invoke

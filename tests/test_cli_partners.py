@@ -6,34 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-from click.testing import CliRunner
-
-import blindmap
 from blindmap import cli
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def as_company(client, monkeypatch, tmp_path):
-    monkeypatch.setattr(
-        cli.State,
-        "client",
-        lambda self: blindmap.Client(base_url="http://testserver", http_client=client),
-    )
-    monkeypatch.delenv("BLINDMAP_KEY_PASSPHRASE", raising=False)
-
-    def invoke(tenant, *args: str, role: str = "admin", input: str | None = None):
-        env = {
-            "BLINDMAP_API_KEY": tenant.keys[role],
-            "BLINDMAP_KEY_FILE": str(tmp_path / tenant.slug / "key.pem"),
-        }
-        return CliRunner().invoke(
-            cli.main, list(args), env=env, input=input, catch_exceptions=False
-        )
-
-    return invoke
 
 
 def _json(result):

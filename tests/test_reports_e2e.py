@@ -14,9 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 
-import blindmap
 from blindmap import cli, normalize
 from tests.conftest import make_tenant
 from tests.uploads import wait_jobs
@@ -64,27 +62,6 @@ def globex_ref(column: str | None = "Lifecycle Stage"):
 
 def _squash(s: str | None) -> str:
     return " ".join((s or "").split())
-
-
-# -- CLI harness -----------------------------------------------------------------------------
-@pytest.fixture
-def as_company(client, monkeypatch, tmp_path):  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(
-        cli.State,
-        "client",
-        lambda self: blindmap.Client(base_url="http://testserver", http_client=client),
-    )
-    monkeypatch.delenv("BLINDMAP_KEY_PASSPHRASE", raising=False)
-    monkeypatch.chdir(tmp_path)
-
-    def invoke(tenant, *args: str, role: str = "admin"):  # type: ignore[no-untyped-def]
-        env = {
-            "BLINDMAP_API_KEY": tenant.keys[role],
-            "BLINDMAP_KEY_FILE": str(tmp_path / tenant.slug / "key.pem"),
-        }
-        return CliRunner().invoke(cli.main, list(args), env=env, catch_exceptions=False)
-
-    return invoke
 
 
 def _ok(result: Any) -> str:

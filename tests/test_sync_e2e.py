@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 from sqlalchemy import func, select
 
 import blindmap
@@ -26,25 +25,6 @@ ACME = REPO / "examples" / "acme-salesforce-accounts.csv"
 GLOBEX = REPO / "examples" / "globex-hubspot-companies.csv"
 ACME_MAP = "Customer=customers,Prospect=prospects"
 GLOBEX_MAP = "customer=customers,opportunity=opportunities,lead=prospects"
-
-
-@pytest.fixture
-def as_company(client, monkeypatch, tmp_path):  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(
-        cli.State,
-        "client",
-        lambda self: blindmap.Client(base_url="http://testserver", http_client=client),
-    )
-    monkeypatch.delenv("BLINDMAP_KEY_PASSPHRASE", raising=False)
-
-    def invoke(tenant, *args: str, role: str = "admin"):  # type: ignore[no-untyped-def]
-        env = {
-            "BLINDMAP_API_KEY": tenant.keys[role],
-            "BLINDMAP_KEY_FILE": str(tmp_path / tenant.slug / "key.pem"),
-        }
-        return CliRunner().invoke(cli.main, list(args), env=env, catch_exceptions=False)
-
-    return invoke
 
 
 def _json(result: Any) -> Any:

@@ -6,9 +6,9 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import httpx
 
@@ -386,6 +386,21 @@ class Client:
             ).json()
         )
 
+    def iter_overlap_pages(
+        self,
+        partnership_id: str | uuid.UUID,
+        *,
+        mine: str | None = None,
+        theirs: str | None = None,
+        limit: int = 1000,
+    ) -> Iterator[protocol.OverlapPage]:
+        """Every overlap page in turn (each carries the policy versions behind it)."""
+        return _pages(
+            lambda cursor: self.report_overlaps(
+                partnership_id, mine=mine, theirs=theirs, cursor=cursor, limit=limit
+            )
+        )
+
     def iter_overlaps(
         self,
         partnership_id: str | uuid.UUID,
@@ -395,15 +410,23 @@ class Client:
         limit: int = 1000,
     ) -> Iterator[protocol.OverlapItem]:
         """All overlap pages, one item at a time."""
-        cursor: str | None = None
-        while True:
-            page = self.report_overlaps(
-                partnership_id, mine=mine, theirs=theirs, cursor=cursor, limit=limit
-            )
+        for page in self.iter_overlap_pages(partnership_id, mine=mine, theirs=theirs, limit=limit):
             yield from page.items
-            if not page.next_cursor:
-                return
-            cursor = page.next_cursor
+
+    def iter_white_space_pages(
+        self,
+        partnership_id: str | uuid.UUID,
+        *,
+        theirs: str | None = None,
+        not_in: list[str] | None = None,
+        limit: int = 1000,
+    ) -> Iterator[protocol.WhiteSpacePage]:
+        """Every white-space page in turn."""
+        return _pages(
+            lambda cursor: self.report_white_space(
+                partnership_id, theirs=theirs, not_in=not_in, cursor=cursor, limit=limit
+            )
+        )
 
     def report_white_space(
         self,
@@ -454,3 +477,17 @@ class Client:
             if not page.next_cursor:
                 return out
             cursor = page.next_cursor
+
+
+_Page = TypeVar("_Page", protocol.OverlapPage, protocol.WhiteSpacePage)
+
+
+def _pages(fetch: Callable[[str | None], _Page]) -> Iterator[_Page]:
+    """Follow `next_cursor` from the first page to the last."""
+    cursor: str | None = None
+    while True:
+        page = fetch(cursor)
+        yield page
+        if not page.next_cursor:
+            return
+        cursor = page.next_cursor

@@ -426,25 +426,9 @@ def fetch_overlaps(
     on_progress: Callable[[int], None] | None = None,
     limit: int = 1000,
 ) -> tuple[list[protocol.OverlapItem], protocol.PolicyVersions | None, list[str]]:
-    """All overlap pages (items, the policy versions, notes). Pages are fetched here rather
-    than with `Client.iter_overlaps` because each page carries its policy versions."""
-    items: list[protocol.OverlapItem] = []
-    versions: protocol.PolicyVersions | None = None
-    notes: list[str] = []
-    cursor: str | None = None
-    while True:
-        page = client.report_overlaps(
-            partnership_id, mine=mine, theirs=theirs, cursor=cursor, limit=limit
-        )
-        if versions is not None and page.policy_versions != versions:
-            notes.append("a policy changed while the overlaps were fetched: re-run the report")
-        versions = page.policy_versions
-        items.extend(page.items)
-        if on_progress is not None:
-            on_progress(len(items))
-        if not page.next_cursor:
-            return items, versions, notes
-        cursor = page.next_cursor
+    """All overlap pages (items, the policy versions, notes)."""
+    pages = client.iter_overlap_pages(partnership_id, mine=mine, theirs=theirs, limit=limit)
+    return _collect(pages, "overlaps", on_progress)
 
 
 def fetch_white_space(
@@ -457,23 +441,25 @@ def fetch_white_space(
     limit: int = 1000,
 ) -> tuple[list[protocol.PartnerRecord], protocol.PolicyVersions | None, list[str]]:
     """All white-space pages (items, the policy versions, notes)."""
-    items: list[protocol.PartnerRecord] = []
+    pages = client.iter_white_space_pages(partnership_id, theirs=theirs, not_in=not_in, limit=limit)
+    return _collect(pages, "white space", on_progress)
+
+
+def _collect(
+    pages: Iterable[Any], what: str, on_progress: Callable[[int], None] | None
+) -> tuple[list[Any], protocol.PolicyVersions | None, list[str]]:
+    """Concatenate pages; note when the policy versions change between two pages."""
+    items: list[Any] = []
     versions: protocol.PolicyVersions | None = None
     notes: list[str] = []
-    cursor: str | None = None
-    while True:
-        page = client.report_white_space(
-            partnership_id, theirs=theirs, not_in=not_in, cursor=cursor, limit=limit
-        )
+    for page in pages:
         if versions is not None and page.policy_versions != versions:
-            notes.append("a policy changed while the white space was fetched: re-run the report")
+            notes.append(f"a policy changed while the {what} was fetched: re-run the report")
         versions = page.policy_versions
         items.extend(page.items)
         if on_progress is not None:
             on_progress(len(items))
-        if not page.next_cursor:
-            return items, versions, notes
-        cursor = page.next_cursor
+    return items, versions, notes
 
 
 # --------------------------------------------------------------------------- ecosystem
