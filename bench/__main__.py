@@ -13,6 +13,7 @@ BENCHES: dict[str, str] = {
     "pipeline": "bench.bench_pipeline",
     "ingest": "bench.bench_ingest",
     "e2e": "bench.bench_e2e",
+    "reports": "bench.bench_reports",
 }
 
 
