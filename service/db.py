@@ -82,8 +82,11 @@ def get_session(request: Request) -> Iterator[Session]:
     with factory() as session:
         try:
             yield session
-        except BaseException:
+        except BaseException as exc:
             session.rollback()
+            for record in getattr(exc, "after_rollback", ()):
+                with factory.begin() as own:
+                    record(own)
             raise
         else:
             session.commit()

@@ -5,9 +5,13 @@ Domain code raises these and never `HTTPException`, so every rejection looks ali
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 PROBLEM_JSON = "application/problem+json"
 TYPE_BASE = "https://blindmap.dev/problems/"
@@ -31,6 +35,10 @@ class ServiceError(Exception):
         self.errors = errors
         self.headers = headers or {}
         self.extra = extra
+        # Work that must survive the rollback of the failed request (e.g. recording a
+        # blocked probe where the partner can see it); run by the session dependency in
+        # a transaction of its own.
+        self.after_rollback: list[Callable[[Session], None]] = []
 
     def problem(self, instance: str) -> dict[str, Any]:
         body: dict[str, Any] = {

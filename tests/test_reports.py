@@ -256,6 +256,10 @@ def test_reveal_budget(client, tenants, mapped, app):
             and int(r.headers["retry-after"]) > 0
             and "25" in r.json()["detail"]
         )
+        # the owner sees the blocked release in the shared log, and the chain holds
+        log = c.get(f"/v1/partnerships/{mapped}/disclosures", headers=tenants.b.headers()).json()
+        assert [e["report"] for e in log["items"]][-1] == "blocked:reveal-budget"
+        assert verify_chain(log["items"]) == len(log["items"])
         # b has its own budget
         assert c.get(url, params={"limit": 20}, headers=tenants.b.headers()).status_code == 200
 

@@ -260,6 +260,11 @@ def test_daily_commit_limit(client, tenants, pair, app):
         _, r = upload(c, tenants.a, pair, "customers", [[1], [2]])
         assert r.status_code == 429 and int(r.headers["retry-after"]) > 0
         assert "limit is 2" in r.json()["detail"]
+        # the partner sees the blocked attempt in the shared disclosure log
+        log = c.get(f"/v1/partnerships/{pair}/disclosures", headers=tenants.b.headers()).json()
+        blocked = [e for e in log["items"] if e["report"] == "blocked:commit-limit"]
+        assert len(blocked) == 1 and blocked[0]["viewer"] == "acme"
+        assert blocked[0]["viewer_population"] == "customers"
 
 
 def test_abort_and_reap(client, tenants, pair, app):
@@ -365,3 +370,18 @@ def test_failed_job_is_retried_and_a_dead_workers_job_reclaimed(client, tenants,
         assert jobs.drain(app.state.sessionmaker, settings) == 1
     finally:
         jobs.HANDLERS["match"] = real
+
+
+def test_population_cap_trip_is_visible_to_the_partner(client, tenants, pair):
+    h = tenants.a.headers("uploader")
+    base = manifest(client, tenants.a, pair, "customers", [b"x"], 1)
+    r = client.post(
+        f"/v1/partnerships/{pair}/uploads",
+        headers=h,
+        json={**base, "record_count": 10_000_000, "chunk_count": 1000},
+    )
+    assert r.status_code == 413 and r.json()["limit_records"] == 2_000_000
+    log = client.get(
+        f"/v1/partnerships/{pair}/disclosures", headers=tenants.b.headers("reader")
+    ).json()
+    assert [e["report"] for e in log["items"]] == ["blocked:population-cap"]

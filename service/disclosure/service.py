@@ -46,12 +46,20 @@ def spend(session: Session, p: Partnership, viewer_id: uuid.UUID, wanted: int, b
         retry = 3600
         if oldest is not None:
             retry = max(1, int((oldest + timedelta(hours=24) - utcnow()).total_seconds()) + 1)
-        raise errors.RateLimited(
-            f"This release of {wanted} records would pass the daily reveal budget of {budget} "
-            f"records for this partnership ({spent} released in the last 24 hours).",
-            headers={"Retry-After": str(retry)},
-            limit=budget,
-            spent=spent,
+        owner_id = p.invitee_id if p.inviter_id == viewer_id else p.inviter_id
+        raise record_blocked(
+            errors.RateLimited(
+                f"This release of {wanted} records would pass the daily reveal budget of "
+                f"{budget} records for this partnership ({spent} released in the last 24 "
+                "hours).",
+                headers={"Retry-After": str(retry)},
+                limit=budget,
+                spent=spent,
+            ),
+            p.id,
+            viewer_id=viewer_id,
+            owner_id=owner_id,
+            guard="reveal-budget",
         )
     hour = _hour(utcnow())
     row = session.get(RevealSpend, (p.id, viewer_id, hour))
@@ -134,3 +142,37 @@ def page(session: Session, pid: uuid.UUID, *, after: int, limit: int) -> Sequenc
         .scalars()
         .all()
     )
+
+
+def record_blocked(
+    err: errors.ServiceError,
+    pid: uuid.UUID,
+    *,
+    viewer_id: uuid.UUID,
+    owner_id: uuid.UUID,
+    guard: str,
+    population: str | None = None,
+) -> errors.ServiceError:
+    """Make a tripped anti-probing guard visible to the partner: once the failed
+    request has rolled back, append a `blocked:<guard>` entry (0 records) to the
+    partnership's disclosure log in a transaction of its own."""
+
+    def write(session: Session) -> None:
+        p = session.execute(
+            select(Partnership).where(Partnership.id == pid).with_for_update()
+        ).scalar_one_or_none()
+        if p is None:
+            return
+        append(
+            session,
+            p,
+            viewer_id=viewer_id,
+            owner_id=owner_id,
+            report=f"blocked:{guard}",
+            records=0,
+            viewer_population=population,
+            policy_versions={},
+        )
+
+    err.after_rollback.append(write)
+    return err

@@ -19,6 +19,7 @@ from service import errors, jobs
 from service.audit import service as audit
 from service.auth import Principal
 from service.config import Settings
+from service.disclosure import service as disclosures
 from service.models import (
     Company,
     Job,
@@ -98,10 +99,17 @@ def create(
             errors=[{"field": "token_kinds", "in": "body", "message": "must include 'domain'"}],
         )
     if body.record_count > settings.max_population_records:
-        raise errors.PayloadTooLarge(
-            f"{body.record_count} records exceed the population size cap of "
-            f"{settings.max_population_records}",
-            limit_records=settings.max_population_records,
+        raise disclosures.record_blocked(
+            errors.PayloadTooLarge(
+                f"{body.record_count} records exceed the population size cap of "
+                f"{settings.max_population_records}",
+                limit_records=settings.max_population_records,
+            ),
+            p.id,
+            viewer_id=caller.company_id,
+            owner_id=partnerships.partner_id_of(p, caller.company_id),
+            guard="population-cap",
+            population=pop.slug,
         )
     if body.chunk_count * settings.max_chunk_records < body.record_count or (
         body.record_count == 0
@@ -298,20 +306,18 @@ def commit(session: Session, settings: Settings, caller: Principal, upload_id: u
     if len(recent) >= settings.max_commits_per_day:
         oldest = recent[0] or now
         retry = int((oldest + timedelta(days=1) - now).total_seconds()) + 1
-        audit.record(
-            session,
-            caller,
-            "upload.rate_limited",
-            "upload",
-            up.id,
-            partnership_id=p.id,
-            details={"population": pop.slug},
-        )
-        raise errors.RateLimited(
-            f"'{pop.slug}' was committed {len(recent)} times in the last 24 hours in this "
-            f"partnership; the limit is {settings.max_commits_per_day} (anti-probing).",
-            headers={"Retry-After": str(retry)},
-            limit=settings.max_commits_per_day,
+        raise disclosures.record_blocked(
+            errors.RateLimited(
+                f"'{pop.slug}' was committed {len(recent)} times in the last 24 hours in this "
+                f"partnership; the limit is {settings.max_commits_per_day} (anti-probing).",
+                headers={"Retry-After": str(retry)},
+                limit=settings.max_commits_per_day,
+            ),
+            p.id,
+            viewer_id=caller.company_id,
+            owner_id=partnerships.partner_id_of(p, caller.company_id),
+            guard="commit-limit",
+            population=pop.slug,
         )
     prev = _previous(session, up)
     if prev is not None and prev.record_count > 0 and not up.confirm_shrink:
