@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -12,7 +13,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
 
 from service import errors, logs
 from service.api_key.router import router as api_key_router
@@ -140,13 +140,12 @@ def _document_problems(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def _allowed_methods(request: Request) -> str:
-    """Every method of every route at this path (Starlette's 405 names only the first)."""
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        if route.matches(request.scope)[0] is not Match.NONE:
-            methods |= getattr(route, "methods", None) or set()
-    return ", ".join(sorted(methods))
+def _allowed_methods(request: Request, default: str) -> str:
+    """Every documented method of this path (Starlette's 405 names one route's only)."""
+    for template, operations in request.app.openapi()["paths"].items():
+        if re.fullmatch(re.sub(r"\{[^/}]+\}", "[^/]+", template), request.url.path):
+            return ", ".join(sorted(m.upper() for m in operations))
+    return default
 
 
 def _problem(request: Request, exc: errors.ServiceError) -> JSONResponse:
@@ -189,7 +188,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         cls = errors.BY_STATUS.get(exc.status_code, errors.ServiceError)
         headers = dict(exc.headers or {})
         if exc.status_code == 405:
-            headers["Allow"] = _allowed_methods(request)
+            headers["Allow"] = _allowed_methods(request, headers.get("Allow", ""))
         err = cls(str(exc.detail) if exc.detail else None, headers=headers)
         if cls is errors.ServiceError:
             err.status = exc.status_code

@@ -31,9 +31,17 @@ _ROLE_RANK = {Role.reader: 0, Role.uploader: 1, Role.admin: 2}
 Slug = Annotated[
     str, StringConstraints(pattern=r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$", max_length=63)
 ]
-# `\S`: a name of spaces only is refused, and the schema says so.
+# Not only spaces, and no control characters (PostgreSQL text cannot hold NUL: a name
+# with one was a 500 there, found by schemathesis); the schema says both.
+_NO_CONTROLS = r"[^\x00-\x1f\x7f]"
 DisplayName = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=r"\S")
+    str,
+    StringConstraints(
+        strip_whitespace=True,
+        min_length=1,
+        max_length=200,
+        pattern=rf"^{_NO_CONTROLS}*[^\s\x00-\x1f\x7f]{_NO_CONTROLS}*$",
+    ),
 ]
 
 
@@ -248,7 +256,9 @@ class UploadCreate(_Request):
     """Manifest of an upload: what is coming, so that commit can verify it all arrived."""
 
     population: Slug
-    normalizer_version: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    normalizer_version: Annotated[
+        str, StringConstraints(min_length=1, max_length=64, pattern=rf"^{_NO_CONTROLS}+$")
+    ]
     token_kinds: list[TokenKind] = Field(min_length=1, max_length=2)
     sealed_fields: list[Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]] = (
         Field(default_factory=list, max_length=32, description="Partner-sealed field names")
