@@ -485,3 +485,22 @@ def test_fuzz_company_b_against_company_a_objects(app, client, world, tmp_path, 
     up = client.get(f"/v1/uploads/{world.staged}", headers=h).json()
     assert up["status"] == "staged"
     assert client.get("/v1/me", headers=world.a.headers("reader")).status_code == 200
+
+
+# -- regressions of what the fuzzer found -------------------------------------------------
+@pytest.mark.parametrize("name", ["\x00", "a\x00b", "tab\tinside", " ", "\x7f"])
+def test_found_by_fuzzing_control_characters_in_names_are_422(client, tenants, name):
+    """A NUL in a key or population name was a 500 on PostgreSQL (text cannot hold NUL)."""
+    h = tenants.a.headers()
+    r = client.post("/v1/api-keys", json={"name": name, "role": "reader"}, headers=h)
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "name", r.text
+    client.post("/v1/populations", json={"slug": "customers", "kind": "customers"}, headers=h)
+    r = client.patch("/v1/populations/customers", json={"display_name": name}, headers=h)
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "display_name", r.text
+
+
+def test_found_by_fuzzing_405_lists_every_method_of_the_path(client):
+    r = client.options("/v1/populations/customers")
+    assert r.status_code == 405
+    assert r.headers["allow"] == "DELETE, GET, PATCH"
+    assert r.headers["content-type"] == "application/problem+json"
