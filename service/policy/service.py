@@ -43,6 +43,21 @@ def current(session: Session, partnership_id: uuid.UUID, owner_id: uuid.UUID) ->
     return row
 
 
+def current_both(session: Session, partnership_id: uuid.UUID) -> dict[uuid.UUID, PolicyRow]:
+    """Both owners' current policies of a partnership in one read: owner -> row."""
+    rows = session.execute(
+        select(PolicyRow)
+        .where(PolicyRow.partnership_id == partnership_id)
+        .order_by(PolicyRow.owner_id, PolicyRow.version.desc())
+    ).scalars()
+    out: dict[uuid.UUID, PolicyRow] = {}
+    for row in rows:
+        out.setdefault(row.owner_id, row)
+    if len(out) < 2:
+        raise errors.NotFound("No policy for this partnership.")
+    return out
+
+
 def put(session: Session, caller: Principal, p: Partnership, document: Policy) -> PolicyRow:
     """Store `document` as my next policy version for this partnership."""
     if p.status == "ended":

@@ -3,6 +3,7 @@ inviter's record as side a and the invitee's as side b."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,15 +37,20 @@ class Sides:
         return matches.c.b_seq if self.mine_is_a else matches.c.a_seq
 
 
-def matched_count(session: Session, sides: Sides, my_upload: int, their_upload: int) -> int:
-    """Distinct records of my upload that match the partner's upload (precomputed by the
-    match job; 0 until it has run)."""
-    a, b = (my_upload, their_upload) if sides.mine_is_a else (their_upload, my_upload)
-    col = match_counts.c.a_records if sides.mine_is_a else match_counts.c.b_records
-    n = session.execute(
-        select(col).where(match_counts.c.a_upload == a, match_counts.c.b_upload == b)
-    ).scalar_one_or_none()
-    return int(n or 0)
+def matched_counts(session: Session, sides: Sides, pid: uuid.UUID) -> dict[tuple[int, int], int]:
+    """(my upload, their upload) -> distinct records of mine that match, for the whole
+    partnership in one read (precomputed by the match job; absent until it has run)."""
+    rows = session.execute(
+        select(
+            match_counts.c.a_upload,
+            match_counts.c.b_upload,
+            match_counts.c.a_records,
+            match_counts.c.b_records,
+        ).where(match_counts.c.partnership_id == pid)
+    ).all()
+    if sides.mine_is_a:
+        return {(a, b): int(na) for a, b, na, _ in rows}
+    return {(b, a): int(nb) for a, b, _, nb in rows}
 
 
 def matched_mine(

@@ -63,19 +63,19 @@ class Context:
 
 
 def _committed(
-    session: Session, pid: uuid.UUID, company_id: uuid.UUID
-) -> dict[str, tuple[Upload, Population]]:
+    session: Session, pid: uuid.UUID
+) -> dict[uuid.UUID, dict[str, tuple[Upload, Population]]]:
+    """Both sides' committed lists in one query: company -> slug -> (upload, population)."""
     rows = session.execute(
         select(Upload, Population)
         .join(Population, Population.id == Upload.population_id)
-        .where(
-            Upload.partnership_id == pid,
-            Upload.company_id == company_id,
-            Upload.status == "committed",
-        )
+        .where(Upload.partnership_id == pid, Upload.status == "committed")
         .order_by(Population.slug)
     ).all()
-    return {pop.slug: (up, pop) for up, pop in rows}
+    out: dict[uuid.UUID, dict[str, tuple[Upload, Population]]] = {}
+    for up, pop in rows:
+        out.setdefault(up.company_id, {})[pop.slug] = (up, pop)
+    return out
 
 
 def context(session: Session, caller: Principal, pid: uuid.UUID) -> Context:
@@ -85,10 +85,9 @@ def context(session: Session, caller: Principal, pid: uuid.UUID) -> Context:
     if p.status != "active":
         raise errors.Conflict(f"This partnership is {p.status}; reports need an active one.")
     partner = partnerships.partner_id_of(p, caller.company_id)
-    my_row, their_row = (
-        policies.current(session, p.id, caller.company_id),
-        policies.current(session, p.id, partner),
-    )
+    current = policies.current_both(session, p.id)
+    my_row, their_row = current[caller.company_id], current[partner]
+    lists = _committed(session, p.id)
     return Context(
         p=p,
         me=caller.company_id,
@@ -97,8 +96,8 @@ def context(session: Session, caller: Principal, pid: uuid.UUID) -> Context:
         their_policy=Policy.model_validate(their_row.document),
         my_row=my_row,
         their_row=their_row,
-        mine=_committed(session, p.id, caller.company_id),
-        theirs=_committed(session, p.id, partner),
+        mine=lists.get(caller.company_id, {}),
+        theirs=lists.get(partner, {}),
         sides=queries.Sides(mine_is_a=p.inviter_id == caller.company_id),
     )
 
@@ -118,9 +117,11 @@ def _release(
     p = partnerships.get(session, ctx.me, ctx.p.id, for_update=True)
     if p.status != "active":
         raise errors.Conflict(f"This partnership is {p.status}.")
-    now_mine = policies.current(session, p.id, ctx.me).version
-    now_theirs = policies.current(session, p.id, ctx.partner).version
-    if (now_mine, now_theirs) != (ctx.my_row.version, ctx.their_row.version):
+    now = policies.current_both(session, p.id)
+    if (now[ctx.me].version, now[ctx.partner].version) != (
+        ctx.my_row.version,
+        ctx.their_row.version,
+    ):
         raise errors.Conflict(
             "A policy changed while the report was being prepared; run it again.",
             headers={"Retry-After": "1"},
@@ -157,6 +158,7 @@ def summary(
         if ctx.eff(x, None).level >= Share.count
         or any(ctx.eff(x, y).level >= Share.count for y in ctx.mine)
     ]
+    counts = queries.matched_counts(session, ctx.sides, ctx.p.id)
     cells: list[protocol.SummaryCell] = []
     for y, (my_up, _) in ctx.mine.items():
         for x in visible:
@@ -164,7 +166,7 @@ def summary(
             if eff.level < Share.count:
                 continue
             their_up = ctx.theirs[x][0]
-            matched = queries.matched_count(session, ctx.sides, my_up.num, their_up.num)
+            matched = counts.get((my_up.num, their_up.num), 0)
             shown = count_cell(eff, matched, my_up.record_count)
             cells.append(
                 protocol.SummaryCell(
