@@ -710,7 +710,7 @@ def build_upload(
             }
             if binary:
                 ntok = ntoks[i] if ntoks else None
-                toks = (
+                tok_bytes = (
                     b"\x01\x00" + dtoks[i]
                     if ntok is None
                     else b"\x02\x00" + dtoks[i] + b"\x01" + ntok
@@ -722,7 +722,7 @@ def build_upload(
                 else:
                     tail = _NO_PARTNER
                 rb = ref.encode()
-                out.append(_U16(len(rb)) + rb + toks + _U32(len(sb)) + sb + tail)
+                out.append(_U16(len(rb)) + rb + tok_bytes + _U32(len(sb)) + sb + tail)
                 continue
             tokens = '{"kind":"domain","value":"' + _b64(dtoks[i]) + '"}'
             if ntoks and ntoks[i] is not None:
