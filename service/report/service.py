@@ -381,19 +381,28 @@ def lookup(
                 for i in missing
             ],
         )
+    # What each of my lists may see of the partner's, and the partner records matched to
+    # every found record of mine: one query per list of mine, not one per token.
+    allowed_for: dict[int, dict[str, Effective]] = {}
+    matched: dict[tuple[int, int], list[tuple[int, str, bytes | None]]] = defaultdict(list)
+    for up_num, y in by_upload.items():
+        allowed = {x: ctx.eff(x, y) for x in ctx.theirs}
+        allowed_for[up_num] = {x: e for x, e in allowed.items() if e.level >= Share.overlap}
+        seqs = sorted({seq for w in wanted for u, seq in found[w] if u == up_num})
+        their_nums = [ctx.theirs[x][0].num for x in allowed_for[up_num]]
+        for my_seq, their_num, ref, sealed in queries.partner_matches(
+            session, ctx.sides, up_num, seqs, their_nums
+        ):
+            matched[(up_num, my_seq)].append((their_num, ref, sealed))
     results: list[protocol.LookupResult] = []
     released = 0
     for t, w in zip(body.tokens, wanted, strict=True):
         partner: list[protocol.PartnerRecord] = []
         seen: set[tuple[int, str]] = set()
         for up_num, seq in found[w]:
-            y = by_upload[up_num]
-            allowed = {x: ctx.eff(x, y) for x in ctx.theirs}
-            allowed = {x: e for x, e in allowed.items() if e.level >= Share.overlap}
+            allowed = allowed_for[up_num]
             by_num = {ctx.theirs[x][0].num: x for x in allowed}
-            for _, their_num, ref, sealed in queries.partner_matches(
-                session, ctx.sides, up_num, [seq], list(by_num)
-            ):
+            for their_num, ref, sealed in matched[(up_num, seq)]:
                 if (their_num, ref) in seen:
                     continue
                 seen.add((their_num, ref))
