@@ -82,6 +82,20 @@ def _check_sealed_fields(
         )
 
 
+def _blocked(
+    err: errors.ServiceError, p: Partnership, caller: Principal, guard: str, population: str
+) -> errors.ServiceError:
+    """A tripped anti-probing guard, recorded where the partner can see it."""
+    return disclosures.record_blocked(
+        err,
+        p.id,
+        viewer_id=caller.company_id,
+        owner_id=partnerships.partner_id_of(p, caller.company_id),
+        guard=guard,
+        population=population,
+    )
+
+
 def create(
     session: Session,
     settings: Settings,
@@ -99,17 +113,16 @@ def create(
             errors=[{"field": "token_kinds", "in": "body", "message": "must include 'domain'"}],
         )
     if body.record_count > settings.max_population_records:
-        raise disclosures.record_blocked(
+        raise _blocked(
             errors.PayloadTooLarge(
                 f"{body.record_count} records exceed the population size cap of "
                 f"{settings.max_population_records}",
                 limit_records=settings.max_population_records,
             ),
-            p.id,
-            viewer_id=caller.company_id,
-            owner_id=partnerships.partner_id_of(p, caller.company_id),
-            guard="population-cap",
-            population=pop.slug,
+            p,
+            caller,
+            "population-cap",
+            pop.slug,
         )
     if body.chunk_count * settings.max_chunk_records < body.record_count or (
         body.record_count == 0
@@ -306,18 +319,17 @@ def commit(session: Session, settings: Settings, caller: Principal, upload_id: u
     if len(recent) >= settings.max_commits_per_day:
         oldest = recent[0] or now
         retry = int((oldest + timedelta(days=1) - now).total_seconds()) + 1
-        raise disclosures.record_blocked(
+        raise _blocked(
             errors.RateLimited(
                 f"'{pop.slug}' was committed {len(recent)} times in the last 24 hours in this "
                 f"partnership; the limit is {settings.max_commits_per_day} (anti-probing).",
                 headers={"Retry-After": str(retry)},
                 limit=settings.max_commits_per_day,
             ),
-            p.id,
-            viewer_id=caller.company_id,
-            owner_id=partnerships.partner_id_of(p, caller.company_id),
-            guard="commit-limit",
-            population=pop.slug,
+            p,
+            caller,
+            "commit-limit",
+            pop.slug,
         )
     prev = _previous(session, up)
     if prev is not None and prev.record_count > 0 and not up.confirm_shrink:
