@@ -96,6 +96,12 @@ def run_match(session: Session, job: Job) -> None:
                 a_upload=a.num, b_upload=b.num, partnership_id=p.id, a_records=a_n, b_records=b_n
             )
         )
+    if session.get_bind().dialect.name == "postgresql":
+        # Fresh lists have no planner statistics until autovacuum gets to them, and the
+        # report queries then pick plans 4x slower (1000-record overlaps page: 200 ms
+        # instead of 50 ms at 1M). ANALYZE samples, so it stays cheap on large tables.
+        session.execute(text("ANALYZE matches"))
+        session.execute(text("ANALYZE records"))
 
 
 def _uuid_param(session: Session, value: object) -> object:
