@@ -64,6 +64,25 @@ def _squash(s: str | None) -> str:
     return " ".join((s or "").split())
 
 
+def _sync_samples(as_company, a, b) -> None:  # type: ignore[no-untyped-def]
+    """Acme syncs the Salesforce sample, Globex the HubSpot one, to all their partners."""
+    acme_map = "Customer=customers,Prospect=prospects"
+    _ok(as_company(a, "sync", str(ACME), "--all", "--population-column", "Type", "--map", acme_map))
+    globex_map = "customer=customers,opportunity=opportunities,lead=prospects"
+    _ok(
+        as_company(
+            b,
+            "sync",
+            str(GLOBEX),
+            "--all",
+            "--population-column",
+            "Lifecycle Stage",
+            "--map",
+            globex_map,
+        )
+    )
+
+
 def _ok(result: Any) -> str:
     assert result.exit_code == 0, result.output
     return str(result.output)
@@ -84,21 +103,7 @@ def mapped(as_company, tenants, app):  # type: ignore[no-untyped-def]
     _json(as_company(b, "--json", "partners", "accept", "acme"))
     _ok(as_company(a, "policy", "apply", "globex", str(POLICIES / "co-sell.yaml")))
     _ok(as_company(b, "policy", "apply", "acme", str(POLICIES / "open-book.yaml")))
-    acme_map = "Customer=customers,Prospect=prospects"
-    _ok(as_company(a, "sync", str(ACME), "--all", "--population-column", "Type", "--map", acme_map))
-    globex_map = "customer=customers,opportunity=opportunities,lead=prospects"
-    _ok(
-        as_company(
-            b,
-            "sync",
-            str(GLOBEX),
-            "--all",
-            "--population-column",
-            "Lifecycle Stage",
-            "--map",
-            globex_map,
-        )
-    )
+    _sync_samples(as_company, a, b)
     wait_jobs(app)
     return pid
 
@@ -279,21 +284,7 @@ def test_ecosystem_joins_partnerships_by_my_local_id(as_company, tenants, app) -
         _json(as_company(partner, "--json", "partners", "accept", "acme"))
         _ok(as_company(a, "policy", "apply", partner.slug, str(POLICIES / "co-sell.yaml")))
         _ok(as_company(partner, "policy", "apply", "acme", str(POLICIES / "open-book.yaml")))
-    acme_map = "Customer=customers,Prospect=prospects"
-    _ok(as_company(a, "sync", str(ACME), "--all", "--population-column", "Type", "--map", acme_map))
-    globex_map = "customer=customers,opportunity=opportunities,lead=prospects"
-    _ok(
-        as_company(
-            b,
-            "sync",
-            str(GLOBEX),
-            "--all",
-            "--population-column",
-            "Lifecycle Stage",
-            "--map",
-            globex_map,
-        )
-    )
+    _sync_samples(as_company, a, b)
     _ok(as_company(c, "sync", str(GLOBEX), "--all", "--population", "customers"))
     wait_jobs(app)
 
