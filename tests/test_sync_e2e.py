@@ -226,7 +226,9 @@ def test_resume_after_failure_and_shrink_guard(  # type: ignore[no-untyped-def]
     staged_dir = bsync.default_state_dir(key_file) / f"{pid}-customers"
     state = json.loads((staged_dir / "state.json").read_text())
     up = base.get_upload(state["upload_id"])
-    assert up.status.value == "staged" and up.received_chunks == [0, 1]
+    # two chunks in flight: chunks after the failing one may have landed as well
+    assert up.status.value == "staged" and {0, 1} <= set(up.received_chunks)
+    assert 2 not in up.received_chunks
     assert base.sync_status(pid).mine == []  # nothing visible before the commit
 
     uploader = sdk(a, "uploader")

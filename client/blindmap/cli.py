@@ -832,6 +832,12 @@ def audit(state: State, limit: int) -> None:
     show_default=True,
     help="Records per chunk (a chunk also closes at 4 MiB).",
 )
+@click.option(
+    "--jobs",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Processes that normalize and seal [default: all CPUs for large files].",
+)
 @click.option("--dry-run", is_flag=True, help="Read, tokenize and seal, but send nothing.")
 @click.option(
     "--skipped-file",
@@ -854,6 +860,7 @@ def sync_command(
     population_map: str | None,
     column_map: str | None,
     chunk_size: int,
+    jobs: int | None,
     dry_run: bool,
     skipped_file: Path | None,
     confirm_shrink: bool,
@@ -894,6 +901,7 @@ def sync_command(
                 population_map=pmap or None,
                 keep_skipped_rows=skipped_file is not None,
                 progress=progress,
+                jobs=jobs,
             )
     except bsync.SyncError as exc:
         fail(str(exc), EXIT_USAGE)
@@ -914,6 +922,7 @@ def sync_command(
                 key_file=key_file,
                 read=read,
                 progress=progress,
+                jobs=jobs,
             )
     except bsync.UnknownPartnerError as exc:
         fail(str(exc), EXIT_NOT_FOUND)

@@ -43,13 +43,15 @@ import shutil
 import struct
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 
-from blindmap import crypto, normalize, protocol
+from blindmap import _parallel, crypto, normalize, protocol
 from blindmap._errors import (
     APIConnectionError,
     BlindmapError,
@@ -69,6 +71,7 @@ __all__ = [
     "CANONICAL_FIELDS",
     "DEFAULT_CHUNK_FORMAT",
     "DEFAULT_CHUNK_SIZE",
+    "DEFAULT_SEND_AHEAD",
     "HEADER_ALIASES",
     "MAX_CHUNK_BYTES",
     "MAX_FIELD_CHARS",
@@ -93,6 +96,8 @@ __all__ = [
 
 DEFAULT_CHUNK_SIZE: Final = 10_000
 MAX_CHUNK_BYTES: Final = 4 * 1024 * 1024
+DEFAULT_SEND_AHEAD: Final = 2
+"""Chunks in flight at once: one being stored by the escrow while the next travels."""
 """A chunk closes at this size even below `chunk_size` records (the escrow takes 8 MiB)."""
 ChunkFormat = Literal["ndjson", "binary"]
 DEFAULT_CHUNK_FORMAT: Final[ChunkFormat] = "binary"
@@ -314,37 +319,88 @@ def _detect_columns(
 
 
 class _HashingLines:
-    """Binary lines of a file → decoded text lines, hashing the bytes, counting lines."""
+    """A file's bytes → decoded text lines for `csv`, hashing the bytes as read.
+
+    Reads blocks of whole lines (cut after the last ``\n``: UTF-8 never has that byte
+    inside a character), so hashing, decoding and line splitting run in C per block, not
+    per line; only a decoding error costs a count of the newlines before it.
+    """
+
+    BLOCK: Final = 1 << 20
 
     def __init__(self, raw: io.BufferedReader, path: Path) -> None:
         self._raw = raw
         self._path = path
         self.sha = hashlib.sha256()
-        self.physical = 0
 
     def __iter__(self) -> Iterator[str]:
         update = self.sha.update
+        physical = 0  # lines before the current block
+        carry = b""
         first = True
-        for chunk in self._raw:
-            self.physical += 1
-            update(chunk)
+        while True:
+            data = self._raw.read(self.BLOCK)
+            update(data)
             if first:
                 first = False
-                if chunk.startswith((b"\xff\xfe", b"\xfe\xff")):
+                if data.startswith((b"\xff\xfe", b"\xfe\xff")):
                     raise SyncInputError(
                         self._path, 1, "the file is UTF-16; export or save it as 'CSV UTF-8'"
                     )
-                if chunk.startswith(b"\xef\xbb\xbf"):
-                    chunk = chunk[3:]
+                if data.startswith(b"\xef\xbb\xbf"):
+                    data = data[3:]
+            if data:
+                cut = data.rfind(b"\n") + 1
+                if cut == 0:
+                    carry += data
+                    continue
+                block, carry = carry + data[:cut], data[cut:]
+            else:
+                block, carry = carry, b""
+                if not block:
+                    return
             try:
-                yield chunk.decode("utf-8")
+                text = block.decode("utf-8")
             except UnicodeDecodeError as exc:
+                line = physical + block.count(b"\n", 0, exc.start) + 1
+                start = block.rfind(b"\n", 0, exc.start) + 1
                 raise SyncInputError(
                     self._path,
-                    self.physical,
-                    f"not UTF-8 (byte 0x{chunk[exc.start]:02x} at column {exc.start + 1}); "
-                    "export or save the file as 'CSV UTF-8'",
+                    line,
+                    f"not UTF-8 (byte 0x{block[exc.start]:02x} at column "
+                    f"{exc.start - start + 1}); export or save the file as 'CSV UTF-8'",
                 ) from None
+            physical += block.count(b"\n")
+            # newline="": line ends are kept as they are, for csv to handle (RFC 4180)
+            yield from io.StringIO(text, newline="")
+            if not data:
+                return
+
+
+_READ_BATCH: Final = 5_000
+_PARALLEL_READ_BYTES: Final = 8 * 1024 * 1024
+_PARALLEL_BUILD_RECORDS: Final = 50_000
+_by_line: Final = attrgetter("line")
+
+
+def _domains_of_rows(
+    _state: None, rows: list[tuple[str, ...]]
+) -> list[tuple[str | None, str | None]]:
+    """Per row: the first website cell that yields a domain, else the telling reason."""
+    domain_with_reason = normalize.domain_with_reason
+    out: list[tuple[str | None, str | None]] = []
+    for cells in rows:
+        dom: str | None = None
+        reason: str | None = None
+        for cell in cells:
+            norm = domain_with_reason(cell)
+            if norm.value is not None:
+                dom = norm.value
+                break
+            if reason is None or (reason == "empty" and norm.reason != "empty"):
+                reason = norm.reason
+        out.append((dom, reason))
+    return out
 
 
 def _sniff_delimiter(first_line: str) -> str:
@@ -366,6 +422,7 @@ def read_accounts(
     population_map: Mapping[str, str] | None = None,
     keep_skipped_rows: bool = False,
     progress: Callable[[ProgressEvent], None] | None = None,
+    jobs: int | None = None,
 ) -> ReadResult:
     """Read a CRM export into normalized accounts per population (no network).
 
@@ -375,6 +432,9 @@ def read_accounts(
 
     Raises :class:`SyncInputError` (``path:line: ...``) for undecodable bytes, a row
     with the wrong number of cells, a missing website column, and the like.
+
+    `jobs` is how many processes normalize websites (None: every usable CPU for files
+    of 8 MB and more, else 1); the result does not depend on it.
     """
     p = Path(path)
     if (population is None) == (population_column is None):
@@ -451,71 +511,89 @@ def read_accounts(
         seen_id: dict[str, set[str]] = {}
         skipped: list[Skipped] = []
         rows = 0
-        prev_line = reader.line_num
-        domain_with_reason = normalize.domain_with_reason
-        try:
-            for row in reader:
-                line = prev_line + 1
-                prev_line = reader.line_num
-                if not row or (len(row) == 1 and not row[0].strip()):
-                    continue  # blank line
-                if len(row) != width:
-                    raise SyncInputError(
-                        p,
-                        line,
-                        f"expected {width} cells as in the header, found {len(row)}"
-                        " (a stray delimiter or an unclosed quote?)",
-                    )
-                rows += 1
-                if rows % 10_000 == 0:
-                    if len(shared) > 100_000:  # a column of unique values: stop sharing
-                        shared.clear()
-                        share = _no_share
-                    if progress is not None:
-                        progress(ProgressEvent("read", rows))
-                keep = tuple(row) if keep_skipped_rows else None
-                if pop_idx is not None:
-                    cell = row[pop_idx].strip()
-                    pop = pop_map.get(cell.casefold())
-                    if pop is None:
-                        skipped.append(Skipped(line, "unmapped-population", None, cell, keep))
+        # Rows are parsed and checked here, in file order; their website cells are
+        # normalized in batches, on forked workers for large files (`jobs`), while the
+        # next batch is parsed; the results are then applied in file order again.
+        batches: deque[list[tuple[int, list[str], str]]] = deque()
+
+        def parsed() -> Iterator[list[tuple[str, ...]]]:
+            nonlocal rows, share
+            batch: list[tuple[int, list[str], str]] = []
+            cells: list[tuple[str, ...]] = []
+            prev_line = reader.line_num
+            try:
+                for row in reader:
+                    line = prev_line + 1
+                    prev_line = reader.line_num
+                    if not row or (len(row) == 1 and not row[0].strip()):
+                        continue  # blank line
+                    if len(row) != width:
+                        raise SyncInputError(
+                            p,
+                            line,
+                            f"expected {width} cells as in the header, found {len(row)}"
+                            " (a stray delimiter or an unclosed quote?)",
+                        )
+                    rows += 1
+                    if rows % 10_000 == 0:
+                        if len(shared) > 100_000:  # a column of unique values: stop sharing
+                            shared.clear()
+                            share = _no_share
+                        if progress is not None:
+                            progress(ProgressEvent("read", rows))
+                    if pop_idx is not None:
+                        cell = row[pop_idx].strip()
+                        pop = pop_map.get(cell.casefold())
+                        if pop is None:
+                            keep = tuple(row) if keep_skipped_rows else None
+                            skipped.append(Skipped(line, "unmapped-population", None, cell, keep))
+                            continue
+                    else:
+                        assert population is not None
+                        pop = population
+                    batch.append((line, row, pop))
+                    cells.append(tuple([row[i] for i in web_idx]))
+                    if len(batch) >= _READ_BATCH:
+                        batches.append(batch)
+                        yield cells
+                        batch, cells = [], []
+            except csv.Error as exc:
+                raise SyncInputError(p, reader.line_num, f"malformed CSV: {exc}") from None
+            if batch:
+                batches.append(batch)
+                yield cells
+
+        if jobs is None:
+            jobs = _parallel.available_cpus() if p.stat().st_size >= _PARALLEL_READ_BYTES else 1
+        with _parallel.gc_paused(), _parallel.Workers(_domains_of_rows, None, jobs) as workers:
+            for domains in workers.map(parsed()):
+                for (line, row, pop), (dom, reason) in zip(batches.popleft(), domains, strict=True):
+                    if dom is None:
+                        keep = tuple(row) if keep_skipped_rows else None
+                        r = "no-website" if reason in (None, "empty") else reason
+                        skipped.append(Skipped(line, r, pop, "", keep))
                         continue
-                else:
-                    assert population is not None
-                    pop = population
-                # the first website column that yields a domain, else the first reason
-                dom: str | None = None
-                reason: str | None = None
-                for i in web_idx:
-                    norm = domain_with_reason(row[i])
-                    if norm.value is not None:
-                        dom = norm.value
-                        break
-                    if reason is None or (reason == "empty" and norm.reason != "empty"):
-                        reason = norm.reason
-                if dom is None:
-                    r = "no-website" if reason in (None, "empty") else reason
-                    skipped.append(Skipped(line, r, pop, "", keep))
-                    continue
-                local_id = row[id_idx].strip()[:MAX_FIELD_CHARS] if id_idx is not None else ""
-                if not local_id:
-                    local_id = dom
-                doms = seen_domain.setdefault(pop, set())
-                if dom in doms:
-                    skipped.append(Skipped(line, "duplicate", pop, "", keep))
-                    continue
-                ids = seen_id.setdefault(pop, set())
-                if local_id in ids:
-                    skipped.append(Skipped(line, "duplicate-id", pop, "", keep))
-                    continue
-                doms.add(dom)
-                ids.add(local_id)
-                vals = [row[i].strip()[:MAX_FIELD_CHARS] for i in value_idx]
-                values = tuple([share(v, v) for v in vals])
-                nm = row[name_idx].strip()[:MAX_FIELD_CHARS] if name_idx is not None else ""
-                accounts.setdefault(pop, []).append(Account(line, local_id, nm, dom, values))
-        except csv.Error as exc:
-            raise SyncInputError(p, reader.line_num, f"malformed CSV: {exc}") from None
+                    local_id = row[id_idx].strip()[:MAX_FIELD_CHARS] if id_idx is not None else ""
+                    if not local_id:
+                        local_id = dom
+                    doms = seen_domain.setdefault(pop, set())
+                    if dom in doms:
+                        keep = tuple(row) if keep_skipped_rows else None
+                        skipped.append(Skipped(line, "duplicate", pop, "", keep))
+                        continue
+                    ids = seen_id.setdefault(pop, set())
+                    if local_id in ids:
+                        keep = tuple(row) if keep_skipped_rows else None
+                        skipped.append(Skipped(line, "duplicate-id", pop, "", keep))
+                        continue
+                    doms.add(dom)
+                    ids.add(local_id)
+                    vals = [row[i].strip()[:MAX_FIELD_CHARS] for i in value_idx]
+                    values = tuple([share(v, v) for v in vals])
+                    nm = row[name_idx].strip()[:MAX_FIELD_CHARS] if name_idx is not None else ""
+                    accounts.setdefault(pop, []).append(Account(line, local_id, nm, dom, values))
+        # unmapped-population rows were recorded while parsing, ahead of their batch
+        skipped.sort(key=_by_line)
         # finish hashing any bytes after a trailing blank line the reader did not ask for
         for _ in it:
             pass
@@ -645,6 +723,7 @@ def build_upload(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     max_chunk_bytes: int = MAX_CHUNK_BYTES,
     chunk_format: ChunkFormat = "ndjson",
+    jobs: int | None = None,
 ) -> Iterator[Chunk]:
     """Chunks of one population's records for one partnership (docs/protocol.md §8).
 
@@ -652,7 +731,8 @@ def build_upload(
     ``{"ref":…,"tokens":[{"kind":…,"value":…}],"self":…,"partner":…}`` with base64url
     (no padding) bytes; `partner` is null when `sealed_fields` is empty. Binary (§8.3):
     the same values as raw, length-prefixed bytes. Chunks close at `chunk_size` records
-    or `max_chunk_bytes` bytes.
+    or `max_chunk_bytes` bytes. `jobs` processes encode and seal (None: every usable CPU
+    from 50,000 records on, else 1); the records do not depend on it.
     """
     if chunk_size < 1:
         raise ValueError("chunk_size must be at least 1")
@@ -740,22 +820,32 @@ def build_upload(
             )
         return out
 
+    def work(_state: None, span: tuple[int, int]) -> list[bytes]:
+        with _parallel.gc_paused():
+            return lines(accounts[span[0] : span[1]], span[0])
+
+    if jobs is None:
+        jobs = _parallel.available_cpus() if len(accounts) >= _PARALLEL_BUILD_RECORDS else 1
+    # Forked workers inherit the keys and accounts; only spans go out and encoded records
+    # come back. Nonces come from os.urandom, so forked children never repeat one.
+    batch_size = min(chunk_size, 2_000 if jobs <= 1 else 5_000)
+    spans = ((i, i + batch_size) for i in range(0, len(accounts), batch_size))
     ctype = protocol.BINARY_CHUNK if binary else protocol.NDJSON
     join = binary_chunk_body if binary else b"".join
     n = 0
     buf: list[bytes] = []
     size = 8 if binary else 0  # the binary header
     empty = size
-    batch_size = min(chunk_size, 2_000)
-    for start in range(0, len(accounts), batch_size):
-        for line in lines(accounts[start : start + batch_size], start):
-            if buf and (len(buf) >= chunk_size or size + len(line) > max_chunk_bytes):
-                body = join(buf)
-                yield Chunk(n, body, len(buf), hashlib.sha256(body).digest(), ctype)
-                n += 1
-                buf, size = [], empty
-            buf.append(line)
-            size += len(line)
+    with _parallel.Workers(work, None, jobs) as workers:
+        for out in workers.map(spans):
+            for line in out:
+                if buf and (len(buf) >= chunk_size or size + len(line) > max_chunk_bytes):
+                    body = join(buf)
+                    yield Chunk(n, body, len(buf), hashlib.sha256(body).digest(), ctype)
+                    n += 1
+                    buf, size = [], empty
+                buf.append(line)
+                size += len(line)
     if buf:
         body = join(buf)
         yield Chunk(n, body, len(buf), hashlib.sha256(body).digest(), ctype)
@@ -961,6 +1051,8 @@ def sync(
     state_dir: str | os.PathLike[str] | None = None,
     read: ReadResult | None = None,
     progress: Callable[[ProgressEvent], None] | None = None,
+    jobs: int | None = None,
+    send_ahead: int = DEFAULT_SEND_AHEAD,
 ) -> SyncReport:
     """Read `path` and replace my lists in each selected active partnership.
 
@@ -968,6 +1060,8 @@ def sync(
     Pass `read` to reuse a :func:`read_accounts` result (the CLI does, to write skipped
     rows). With `dry_run` nothing is created or sent: the report says what would be.
     `chunk_format` is "binary" (default, docs/protocol.md §8.3) or "ndjson" (§8.2).
+    `jobs` is how many processes normalize and seal (None: all usable CPUs for large
+    inputs); `send_ahead` how many chunks are in flight to the escrow at once.
     """
     if read is None:
         read = read_accounts(
@@ -977,6 +1071,7 @@ def sync(
             population_column=population_column,
             population_map=population_map,
             progress=progress,
+            jobs=jobs,
         )
     report = SyncReport(
         path=str(path),
@@ -1061,6 +1156,8 @@ def sync(
                 dry_run=dry_run,
                 staging=_Staging(root, p.id, pop, chunk_format),
                 progress=progress,
+                jobs=jobs,
+                send_ahead=send_ahead,
             )
             report.uploads.append(result)
     return report
@@ -1083,6 +1180,8 @@ def _sync_one(
     dry_run: bool,
     staging: _Staging,
     progress: Callable[[ProgressEvent], None] | None,
+    jobs: int | None,
+    send_ahead: int,
 ) -> UploadResult:
     pid = keys.partnership_id
     total = len(read.accounts.get(pop, []))
@@ -1113,6 +1212,7 @@ def _sync_one(
             token_kinds=token_kinds,
             chunk_size=chunk_size,
             chunk_format=chunk_format,
+            jobs=jobs,
         ):
             done += c.records
             emit("build", done, total)
@@ -1211,13 +1311,16 @@ def _sync_one(
     ctype = protocol.BINARY_CHUNK if chunk_format == "binary" else protocol.NDJSON
     for attempt in range(_TRANSIENT_ROUNDS):
         try:
-            for n in range(n_chunks):
-                if n in received:
-                    continue
-                body = staging.chunk_path(n).read_bytes()
-                client.put_chunk(upload.id, n, body, content_type=ctype)
+            for n, sent in _put_chunks(
+                client,
+                upload.id,
+                staging,
+                [n for n in range(n_chunks) if n not in received],
+                ctype,
+                send_ahead,
+            ):
                 received.add(n)
-                result.bytes += len(body)
+                result.bytes += sent
                 emit("send", len(received), n_chunks)
             emit("commit", 0, 1)
             committed = client.commit_upload(upload.id)
@@ -1243,6 +1346,45 @@ def _sync_one(
     staging.clear()
     result.upload_id = str(committed.id)
     return result
+
+
+def _put_chunks(
+    client: Client,
+    upload_id: uuid.UUID,
+    staging: _Staging,
+    todo: list[int],
+    content_type: str,
+    send_ahead: int,
+) -> Iterator[tuple[int, int]]:
+    """PUT the chunks `todo`, up to `send_ahead` at once; yields (n, bytes) as each lands.
+
+    Chunks are independent on the escrow (any order, each idempotent), so a few in
+    flight keep both the network and the server busy while one is being stored. The
+    first failure stops sending and is raised once the requests in flight have ended.
+    """
+
+    def put(n: int) -> tuple[int, int]:
+        body = staging.chunk_path(n).read_bytes()
+        client.put_chunk(upload_id, n, body, content_type=content_type)
+        return n, len(body)
+
+    if send_ahead <= 1 or len(todo) <= 1:
+        for n in todo:
+            yield put(n)
+        return
+    with ThreadPoolExecutor(send_ahead, thread_name_prefix="blindmap-put") as pool:
+        pending: deque[Future[tuple[int, int]]] = deque()
+        it = iter(todo)
+        try:
+            for n in it:
+                pending.append(pool.submit(put, n))
+                if len(pending) >= send_ahead:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for f in pending:
+                f.cancel()
 
 
 def _abort_quietly(client: Client, upload_id: object) -> None:
