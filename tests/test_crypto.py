@@ -536,3 +536,45 @@ def test_separate_processes_derive_identical_keys(tmp_path: Path) -> None:
         for kind in crypto.TOKEN_KINDS:
             assert not set(mallory["tokens"][kind]) & set(a_view["tokens"][kind])
         assert mallory["safety_code"] != a_view["safety_code"]
+
+
+def test_seal_many_opens_like_seal_with_fresh_nonces() -> None:
+    key = os.urandom(32)
+    sealer = crypto.Sealer(key)
+    items = [(f"aad{i}".encode(), {"n": str(i), "z": None, "ü": "ß"}) for i in range(20)]
+    blobs = sealer.seal_many(items)
+    assert [sealer.open(aad, b) for (aad, _), b in zip(items, blobs, strict=True)] == [
+        f for _, f in items
+    ]
+    assert len({b[:12] for b in blobs}) == 20
+    assert sealer.seal_many([]) == []
+
+
+def test_canonical_json_fast_path_equals_the_encoder() -> None:
+    cases: list[dict[str, Any]] = [
+        {},
+        {"b": "x", "a": None, "c": 'q"\\\n\t\x01é漢'},
+        {"n": 1, "f": 1.5, "t": True, "l": [1, "a"], "d": {"y": 2, "x": 1}},
+    ]
+    for fields in cases:
+        expected = json.dumps(
+            fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        ).encode()
+        assert crypto.canonical_json(fields) == expected
+    for bad in ({"x": float("nan")}, {"x": object()}, {"x": "\ud800"}):
+        with pytest.raises(crypto.SealError):
+            crypto.canonical_json(bad)
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.dictionaries(
+        st.text(alphabet=st.characters(exclude_categories=["Cs"]), min_size=1, max_size=8),
+        st.none() | st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=12),
+        max_size=5,
+    )
+)
+def test_flat_fields_encode_like_canonical_json(fields: dict[str, str | None]) -> None:
+    flat = crypto.FlatFields(fields)
+    assert flat.names == tuple(sorted(fields))
+    assert flat.encode([fields[n] for n in flat.names]) == crypto.canonical_json(fields)

@@ -43,8 +43,13 @@ def b64d(s: str) -> bytes:
 
 @pytest.fixture
 def fixed_nonces(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(crypto, "_random_nonces", counting_nonces())
+
+
+def counting_nonces() -> Any:
+    """A deterministic stand-in for `crypto._random_nonces` (nonces 0, 1, 2, ...)."""
     counter = itertools.count()
-    monkeypatch.setattr(crypto, "_random_nonce", lambda: next(counter).to_bytes(12, "big"))
+    return lambda n: b"".join(next(counter).to_bytes(12, "big") for _ in range(n))
 
 
 @pytest.fixture
@@ -471,11 +476,7 @@ def test_chunks_and_digest_are_deterministic_given_nonces(
     read = _read_simple(tmp_path, 40)
 
     def build(**over: Any) -> list[bsync.Chunk]:
-        monkeypatch.setattr(
-            crypto,
-            "_random_nonce",
-            (lambda c: lambda: next(c).to_bytes(12, "big"))(itertools.count()),
-        )
+        monkeypatch.setattr(crypto, "_random_nonces", counting_nonces())
         kw: dict[str, Any] = {
             "keys": keys_of(me, other, pid),
             "self_key": crypto.self_key(me),

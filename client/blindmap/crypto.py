@@ -12,7 +12,7 @@ import hmac
 import json
 import os
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final
 
 from cryptography.exceptions import InvalidTag
@@ -367,6 +367,26 @@ class RefMaker:
 _CANONICAL: Final = json.JSONEncoder(
     sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
 )
+# `JSONEncoder.encode` also builds its C encoder per call (a third of a seal's cost);
+# this is that same C encoder built once, with the same options. No cycle detection
+# (markers=None): sealed fields are flat mappings of strings, and nested input that
+# loops ends in RecursionError instead of ValueError.
+_c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
+_C_CANONICAL: Final[Callable[[Any, int], Any] | None] = (
+    _c_make_encoder(
+        None,
+        _CANONICAL.default,
+        json.encoder.encode_basestring,
+        None,
+        ":",
+        ",",
+        True,  # sort_keys
+        False,  # skipkeys
+        False,  # allow_nan
+    )
+    if _c_make_encoder is not None
+    else None
+)
 
 
 def canonical_json(fields: Mapping[str, Any]) -> bytes:
@@ -374,9 +394,45 @@ def canonical_json(fields: Mapping[str, Any]) -> bytes:
     if not isinstance(fields, Mapping):
         raise TypeError("sealed fields must be a mapping of field name to value")
     try:
+        if _C_CANONICAL is not None and type(fields) is dict:
+            return "".join(_C_CANONICAL(fields, 0)).encode("utf-8")
         return _CANONICAL.encode(fields).encode("utf-8")
     except (TypeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError
         raise SealError(f"fields cannot be sealed: {exc}") from None
+
+
+class FlatFields:
+    """`canonical_json` of records with fixed string-or-null fields, without a dict each.
+
+    ``FlatFields(["name", "id"]).encode(["id-1", None])`` equals
+    ``canonical_json({"id": "id-1", "name": None})``: values come in sorted-name order
+    (:attr:`names`). A third of the cost of sealing went into building and sorting dicts.
+    """
+
+    __slots__ = ("_heads", "names")
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self.names: tuple[str, ...] = tuple(sorted(set(names)))
+        enc = json.encoder.encode_basestring
+        self._heads = [("{" if i == 0 else ",") + enc(n) + ":" for i, n in enumerate(self.names)]
+
+    def encode(self, values: Sequence[str | None]) -> bytes:
+        """UTF-8 JSON of ``dict(zip(names, values))`` exactly as `canonical_json` writes it."""
+        if not self._heads:
+            return b"{}"
+        enc = json.encoder.encode_basestring
+        try:
+            return (
+                "".join(
+                    [
+                        h + ("null" if v is None else enc(v))
+                        for h, v in zip(self._heads, values, strict=True)
+                    ]
+                )
+                + "}"
+            ).encode("utf-8")
+        except (TypeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError
+            raise SealError(f"fields cannot be sealed: {exc}") from None
 
 
 def partner_aad(partnership_id: uuid.UUID, ref: str) -> bytes:
@@ -389,8 +445,18 @@ def self_aad(partnership_id: uuid.UUID, ref: str) -> bytes:
     return _SELF_LABEL + _uuid_bytes(partnership_id) + ref.encode("utf-8")
 
 
-# Test-only seam: golden vectors need a fixed nonce. Production code never passes one.
-_random_nonce: Callable[[], bytes] = lambda: os.urandom(NONCE_SIZE)  # noqa: E731
+def _os_nonces(n: int) -> bytes:
+    """`n` random nonces, concatenated, from one os.urandom call.
+
+    One call per batch rather than per seal: a getrandom syscall costs more than the
+    AES-GCM seal of a small record (measured: 44% of sealing time). Drawn fresh from the
+    kernel at each call, so forked processes and threads never share a nonce.
+    """
+    return os.urandom(NONCE_SIZE * n)
+
+
+# Test-only seam: golden vectors need fixed nonces. Production code never replaces it.
+_random_nonces: Callable[[int], bytes] = _os_nonces
 
 
 class Sealer:
@@ -407,10 +473,25 @@ class Sealer:
 
     def seal(self, aad: bytes, fields: Mapping[str, Any], *, _nonce: bytes | None = None) -> bytes:
         """Seal `fields` bound to `aad`. `_nonce` is for test vectors only."""
-        nonce = _random_nonce() if _nonce is None else _nonce
+        nonce = _random_nonces(1) if _nonce is None else _nonce
         if len(nonce) != NONCE_SIZE:
             raise ValueError(f"nonce must be {NONCE_SIZE} bytes")
         return nonce + self._aead.encrypt(nonce, canonical_json(fields), aad)
+
+    def seal_many(self, items: Sequence[tuple[bytes, Mapping[str, Any]]]) -> list[bytes]:
+        """`[seal(aad, fields) for aad, fields in items]`, drawing all nonces at once."""
+        return self.seal_encoded_many([(aad, canonical_json(f)) for aad, f in items])
+
+    def seal_encoded_many(self, items: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
+        """Like :meth:`seal_many` for fields already encoded by `canonical_json` or
+        :class:`FlatFields` (the caller vouches for the encoding)."""
+        pool = _random_nonces(len(items))
+        encrypt = self._aead.encrypt
+        out: list[bytes] = []
+        for i, (aad, plain) in enumerate(items):
+            nonce = pool[i * NONCE_SIZE : (i + 1) * NONCE_SIZE]
+            out.append(nonce + encrypt(nonce, plain, aad))
+        return out
 
     def open(self, aad: bytes, blob: bytes) -> dict[str, Any]:
         """Verify and decrypt; raises SealError on any mismatch (never partial output)."""

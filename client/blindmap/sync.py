@@ -754,18 +754,22 @@ def build_upload(
     self_sealer = crypto.Sealer(self_key)
     partner_sealer = keys.sealer() if sealed_fields else None
     value_pos = {f: i for i, f in enumerate(read.field_names)}
-    getters: list[tuple[str, Callable[[Account], str | None]]] = []
-    for f in sorted(set(sealed_fields)):
+    # sealed values in the sorted field order `FlatFields` encodes them in
+    partner_enc = crypto.FlatFields(sealed_fields).encode
+    getters: list[Callable[[Account], str | None]] = []
+    for f in crypto.FlatFields(sealed_fields).names:
         if f == "domain":
-            getters.append((f, lambda a: a.domain))
+            getters.append(lambda a: a.domain)
         elif f == "id":
-            getters.append((f, lambda a: a.local_id))
+            getters.append(lambda a: a.local_id)
         elif f == "name":
-            getters.append((f, lambda a: a.name or None))
+            getters.append(lambda a: a.name or None)
         else:
-            getters.append((f, _value_getter(value_pos[f])))
+            getters.append(_value_getter(value_pos[f]))
+    self_enc = crypto.FlatFields(["domain", "id", "name", "population"]).encode
     # bound methods and module functions hoisted out of the per-record loop
-    self_seal, p_aad, s_aad = self_sealer.seal, crypto.partner_aad, crypto.self_aad
+    self_seal_many = self_sealer.seal_encoded_many
+    p_aad, s_aad = crypto.partner_aad, crypto.self_aad
 
     all_names = read.name_keys(population) if name_tok is not None else []
 
@@ -780,14 +784,27 @@ def build_upload(
             present = [n for n in names if n]
             toks = iter(name_tok.tokens(present))
             ntoks = [next(toks) if n else None for n in names]
-        for i, a in enumerate(batch):
-            ref = brefs[i]
-            mine = {
-                "domain": a.domain,
-                "id": a.local_id,
-                "name": a.name or None,
-                "population": population,
-            }
+        # seal a batch at a time: one draw of nonces, no dict per record
+        selfs = self_seal_many(
+            [
+                (s_aad(pid, ref), self_enc([a.domain, a.local_id, a.name or None, population]))
+                for ref, a in zip(brefs, batch, strict=True)
+            ]
+        )
+        partners: list[bytes | None] = (
+            list(
+                partner_sealer.seal_encoded_many(
+                    [
+                        (p_aad(pid, ref), partner_enc([get(a) for get in getters]))
+                        for ref, a in zip(brefs, batch, strict=True)
+                    ]
+                )
+            )
+            if partner_sealer is not None
+            else [None] * len(batch)
+        )
+        for i, ref in enumerate(brefs):
+            sb, pb = selfs[i], partners[i]
             if binary:
                 ntok = ntoks[i] if ntoks else None
                 tok_bytes = (
@@ -795,26 +812,16 @@ def build_upload(
                     if ntok is None
                     else b"\x02\x00" + dtoks[i] + b"\x01" + ntok
                 )
-                sb = self_seal(s_aad(pid, ref), mine)
-                if partner_sealer is not None:
-                    pb = partner_sealer.seal(p_aad(pid, ref), {f: get(a) for f, get in getters})
-                    tail = _U32(len(pb)) + pb
-                else:
-                    tail = _NO_PARTNER
+                tail = _NO_PARTNER if pb is None else _U32(len(pb)) + pb
                 rb = ref.encode()
                 out.append(_U16(len(rb)) + rb + tok_bytes + _U32(len(sb)) + sb + tail)
                 continue
             tokens = '{"kind":"domain","value":"' + _b64(dtoks[i]) + '"}'
             if ntoks and ntoks[i] is not None:
                 tokens += ',{"kind":"name","value":"' + _b64(ntoks[i] or b"") + '"}'
-            s = _b64(self_seal(s_aad(pid, ref), mine))
-            if partner_sealer is not None:
-                fields = {f: get(a) for f, get in getters}
-                partner = '"' + _b64(partner_sealer.seal(p_aad(pid, ref), fields)) + '"'
-            else:
-                partner = "null"
+            partner = "null" if pb is None else '"' + _b64(pb) + '"'
             out.append(
-                f'{{"ref":"{ref}","tokens":[{tokens}],"self":"{s}","partner":{partner}}}\n'.encode(
+                f'{{"ref":"{ref}","tokens":[{tokens}],"self":"{_b64(sb)}","partner":{partner}}}\n'.encode(
                     "ascii"
                 )
             )
