@@ -34,12 +34,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import resource
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -186,22 +188,38 @@ def _worker_report(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _plain_rows(read: Any) -> list[tuple[str, str, str, str]]:
+    fields = read.field_names
+    i_mail = fields.index("owner_email") if "owner_email" in fields else None
+    return [
+        (a.domain, a.local_id, a.name, a.values[i_mail] if i_mail is not None else "")
+        for a in read.accounts[POP]
+    ]
+
+
+def _worker_plain_read(spec: dict[str, Any]) -> dict[str, Any]:
+    """One company's CSV, read and normalized as Blindmap's sync does, rows to a file."""
+    from blindmap import sync as bsync
+
+    start = time.perf_counter()
+    rows = _plain_rows(bsync.read_accounts(spec["csv"], population=POP))
+    with open(spec["out"], "wb") as fh:
+        pickle.dump(rows, fh, protocol=pickle.HIGHEST_PROTOCOL)
+    return {"read_s": time.perf_counter() - start, "rss_mb": _maxrss_mb()}
+
+
 def _worker_plain(spec: dict[str, Any]) -> dict[str, Any]:
     """Plaintext baseline: the same CSV reading and normalization, then raw rows in SQL."""
     from blindmap import sync as bsync
 
     start = time.perf_counter()
-    sides = []
-    for path in (spec["a_csv"], spec["b_csv"]):
-        read = bsync.read_accounts(path, population=POP)
-        fields = read.field_names
-        i_mail = fields.index("owner_email") if "owner_email" in fields else None
-        sides.append(
-            [
-                (a.domain, a.local_id, a.name, a.values[i_mail] if i_mail is not None else "")
-                for a in read.accounts[POP]
-            ]
-        )
+    if "rows_files" in spec:  # read by two `plain_read` processes at once (--sides together)
+        sides = []
+        for f in spec["rows_files"]:
+            with open(f, "rb") as fh:
+                sides.append(pickle.load(fh))
+    else:
+        sides = [_plain_rows(bsync.read_accounts(p, population=POP)) for p in spec["csvs"]]
     t_read = time.perf_counter() - start
     url = spec["url"]
     t0 = time.perf_counter()
@@ -352,6 +370,7 @@ WORKERS = {
     "sync": _worker_sync,
     "report": _worker_report,
     "plain": _worker_plain,
+    "plain_read": _worker_plain_read,
     "psi": _worker_psi,
 }
 
@@ -417,7 +436,9 @@ def setup_partnership(http: httpx.Client, keys: dict[str, str]) -> tuple[str, di
     return pid, privs
 
 
-def run_blindmap(db: str, a_csv: Path, b_csv: Path, truth: set[str]) -> dict[str, Any]:
+def run_blindmap(
+    db: str, a_csv: Path, b_csv: Path, truth: set[str], *, together: bool = False
+) -> dict[str, Any]:
     with bi.scratch_database(db) as url:
         keys = bi.make_companies(url)
         server = Server(url)
@@ -427,9 +448,9 @@ def run_blindmap(db: str, a_csv: Path, b_csv: Path, truth: set[str]) -> dict[str
                 pid, privs = setup_partnership(http, keys)
                 cpu0 = server.cpu_s()
                 t_start = time.perf_counter()
-                side = {}
-                for slug, csv_path in (("acme", a_csv), ("globex", b_csv)):
-                    side[slug] = run_worker(
+
+                def sync_side(slug: str, csv_path: Path) -> dict[str, Any]:
+                    return run_worker(
                         "sync",
                         base_url=server.base,
                         api_key=keys[slug],
@@ -437,6 +458,14 @@ def run_blindmap(db: str, a_csv: Path, b_csv: Path, truth: set[str]) -> dict[str
                         csv=str(csv_path),
                         state_dir=f"{state}/{slug}",
                     )
+
+                sides = (("acme", a_csv), ("globex", b_csv))
+                if together:  # two companies, two machines: neither waits for the other
+                    with ThreadPoolExecutor(2) as pool:
+                        futs = {slug: pool.submit(sync_side, slug, p) for slug, p in sides}
+                        side = {slug: f.result() for slug, f in futs.items()}
+                else:
+                    side = {slug: sync_side(slug, p) for slug, p in sides}
                 t_synced = time.perf_counter()
                 cpu_sync = server.cpu_s() - cpu0
                 match_wall = bi.wait_match(http, keys["globex"], pid, 600)
@@ -483,9 +512,29 @@ def run_blindmap(db: str, a_csv: Path, b_csv: Path, truth: set[str]) -> dict[str
     }
 
 
-def run_plain(db: str, a_csv: Path, b_csv: Path, truth: set[str]) -> dict[str, Any]:
-    with bi.scratch_database(db) as url:
-        res = run_worker("plain", url=url, a_csv=str(a_csv), b_csv=str(b_csv))
+def run_plain(
+    db: str, a_csv: Path, b_csv: Path, truth: set[str], *, together: bool = False
+) -> dict[str, Any]:
+    """The incumbents' design on the same data; with `together`, the two companies' CSVs
+    are read at the same time (as Blindmap's two syncs are) and handed over as rows."""
+    with bi.scratch_database(db) as url, tempfile.TemporaryDirectory() as tmp:
+        if together:
+            t0 = time.perf_counter()
+            outs = [f"{tmp}/a.pickle", f"{tmp}/b.pickle"]
+            with ThreadPoolExecutor(2) as pool:
+                reads = list(
+                    pool.map(
+                        lambda a: run_worker("plain_read", csv=str(a[0]), out=a[1]),
+                        zip((a_csv, b_csv), outs, strict=True),
+                    )
+                )
+            t_reads = time.perf_counter() - t0
+            res = run_worker("plain", url=url, rows_files=outs)
+            res["read_s"] += t_reads
+            res["total_s"] += t_reads
+            res["rss_mb"] = max(res["rss_mb"], *(r["rss_mb"] for r in reads))
+        else:
+            res = run_worker("plain", url=url, csvs=[str(a_csv), str(b_csv)])
     got = set(res.pop("domains"))
     if got != truth:
         raise SystemExit(f"[{db}] plaintext overlap {len(got)} != ground truth {len(truth)}")
@@ -531,6 +580,12 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--peer-runs", type=int, default=None, help="default: --runs (1 at 1M)")
     parser.add_argument("--skip", action="append", default=[], choices=("plain", "psi"))
+    parser.add_argument(
+        "--sides",
+        choices=("together", "one-after-the-other"),
+        default="together",
+        help="the two companies' syncs at the same time (as on two machines) or in turn",
+    )
     parser.add_argument("--json", dest="json_out", help="also write all results here")
     args = parser.parse_args(argv)
     n = _parse_size(args.size)
@@ -552,7 +607,7 @@ def main(argv: list[str]) -> None:
         bl, pl = [], []
         for i in range(args.runs):
             load = _load()
-            r = run_blindmap(db, a_csv, b_csv, truth)
+            r = run_blindmap(db, a_csv, b_csv, truth, together=args.sides == "together")
             r["load"] = load
             bl.append(r)
             a, b = r["sync_a"], r["sync_b"]
@@ -570,7 +625,7 @@ def main(argv: list[str]) -> None:
             )
             if "plain" not in args.skip:
                 load = _load()
-                p = run_plain(db, a_csv, b_csv, truth)
+                p = run_plain(db, a_csv, b_csv, truth, together=args.sides == "together")
                 p["load"] = load
                 pl.append(p)
                 print(

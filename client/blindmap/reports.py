@@ -61,6 +61,7 @@ from typing import Any, Final, Literal, TypeAlias
 
 from blindmap import crypto, protocol
 from blindmap._client import Client
+from blindmap._parallel import gc_paused
 
 __all__ = [
     "JSON_VERSION",
@@ -386,15 +387,18 @@ def _my_account(keys: ReportKeys, item: protocol.OverlapItem) -> MyAccount:
 
 def decrypt_overlaps(keys: ReportKeys, items: Iterable[protocol.OverlapItem]) -> list[OverlapRow]:
     """My matched records with what the partner released about each."""
-    return [
-        OverlapRow(_my_account(keys, it), [_release(keys, r) for r in it.partner]) for it in items
-    ]
+    with gc_paused():
+        return [
+            OverlapRow(_my_account(keys, it), [_release(keys, r) for r in it.partner])
+            for it in items
+        ]
 
 
 def decrypt_white_space(
     keys: ReportKeys, items: Iterable[protocol.PartnerRecord]
 ) -> list[Released]:
-    return [_release(keys, r) for r in items]
+    with gc_paused():
+        return [_release(keys, r) for r in items]
 
 
 def decrypt_lookup(
@@ -452,13 +456,15 @@ def _collect(
     items: list[Any] = []
     versions: protocol.PolicyVersions | None = None
     notes: list[str] = []
-    for page in pages:
-        if versions is not None and page.policy_versions != versions:
-            notes.append(f"a policy changed while the {what} was fetched: re-run the report")
-        versions = page.policy_versions
-        items.extend(page.items)
-        if on_progress is not None:
-            on_progress(len(items))
+    # tens of thousands of small models: keep the cyclic GC from re-walking them all
+    with gc_paused():
+        for page in pages:
+            if versions is not None and page.policy_versions != versions:
+                notes.append(f"a policy changed while the {what} was fetched: re-run the report")
+            versions = page.policy_versions
+            items.extend(page.items)
+            if on_progress is not None:
+                on_progress(len(items))
     return items, versions, notes
 
 
