@@ -738,6 +738,7 @@ def test_interrupted_sync_resumes_next_run_with_same_bytes(escrow: Any, tmp_path
         "population": "customers",
         "population_column": None,
         "population_map": None,
+        "send_ahead": 2,
     }
     with pytest.raises(bsync.SyncError, match="run the same command again"):
         run(fake, me, tmp_path, **kw)

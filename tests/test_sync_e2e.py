@@ -220,6 +220,7 @@ def test_resume_after_failure_and_shrink_guard(  # type: ignore[no-untyped-def]
         "population": "customers",
         "chunk_size": 40,
         "key_file": key_file,
+        "send_ahead": 2,
     }
     with pytest.raises(bsync.SyncError, match="run the same command again"):
         bsync.sync(flaky, ACME, **kw)

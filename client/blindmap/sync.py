@@ -96,8 +96,9 @@ __all__ = [
 
 DEFAULT_CHUNK_SIZE: Final = 10_000
 MAX_CHUNK_BYTES: Final = 4 * 1024 * 1024
-DEFAULT_SEND_AHEAD: Final = 2
-"""Chunks in flight at once: one being stored by the escrow while the next travels."""
+DEFAULT_SEND_AHEAD: Final = 1
+"""Chunks in flight at once. One by default: a second concurrent PUT made a SQLite-backed
+escrow slower, not faster (measured; see BENCHMARKS.md), so it is opt-in per call."""
 """A chunk closes at this size even below `chunk_size` records (the escrow takes 8 MiB)."""
 ChunkFormat = Literal["ndjson", "binary"]
 DEFAULT_CHUNK_FORMAT: Final[ChunkFormat] = "binary"
