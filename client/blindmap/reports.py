@@ -120,7 +120,7 @@ def _b64encode(raw: bytes) -> str:
 class ReportKeys:
     """What a report needs to open payloads of one partnership. Holds secrets; no repr."""
 
-    __slots__ = ("_keys", "_self", "partnership_id")
+    __slots__ = ("_keys", "_partner", "_self", "partnership_id")
 
     def __init__(
         self,
@@ -135,6 +135,9 @@ class ReportKeys:
             if partner_public is not None
             else None
         )
+        # one AES-GCM context for all partner payloads (building one per record cost more
+        # than the decryption)
+        self._partner = self._keys.sealer() if self._keys is not None else None
 
     @classmethod
     def for_partnership(
@@ -157,10 +160,10 @@ class ReportKeys:
 
     def open_partner(self, ref: str, blob: str) -> dict[str, Any] | None:
         """A partner payload (bound to the partner's `ref`), or None when it does not open."""
-        if self._keys is None:
+        if self._partner is None:
             return None
         try:
-            return self._keys.sealer().open(
+            return self._partner.open(
                 crypto.partner_aad(self.partnership_id, ref), _b64decode(blob)
             )
         except (crypto.SealError, binascii.Error, ValueError):
