@@ -109,8 +109,13 @@ Cell: TypeAlias = str | int | None
 # --------------------------------------------------------------------------- keys
 
 
+_FROM_URLSAFE: Final = bytes.maketrans(b"-_", b"+/")
+
+
 def _b64decode(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    """base64url (padding optional) → bytes; binascii.Error on anything else."""
+    raw = text.encode("ascii").translate(_FROM_URLSAFE) + b"=" * (-len(text) % 4)
+    return binascii.a2b_base64(raw, strict_mode=True)
 
 
 def _b64encode(raw: bytes) -> str:
