@@ -380,6 +380,7 @@ class _HashingLines:
 
 _READ_BATCH: Final = 5_000
 _PARALLEL_READ_BYTES: Final = 8 * 1024 * 1024
+_PARALLEL_READ_MIN_CPUS: Final = 4
 _PARALLEL_BUILD_RECORDS: Final = 50_000
 _by_line: Final = attrgetter("line")
 
@@ -435,7 +436,7 @@ def read_accounts(
     with the wrong number of cells, a missing website column, and the like.
 
     `jobs` is how many processes normalize websites (None: every usable CPU for files
-    of 8 MB and more, else 1); the result does not depend on it.
+    of 8 MB and more on machines with 4 or more, else 1); the result does not depend on it.
     """
     p = Path(path)
     if (population is None) == (population_column is None):
@@ -508,8 +509,8 @@ def read_accounts(
         accounts: dict[str, list[Account]] = {}
         if population is not None:
             accounts[population] = []
-        seen_domain: dict[str, set[str]] = {}
-        seen_id: dict[str, set[str]] = {}
+        # per population: (domains seen, ids seen, its accounts), made on first sight
+        per_pop: dict[str, tuple[set[str], set[str], list[Account]]] = {}
         skipped: list[Skipped] = []
         rows = 0
         # Rows are parsed and checked here, in file order; their website cells are
@@ -565,7 +566,11 @@ def read_accounts(
                 yield cells
 
         if jobs is None:
-            jobs = _parallel.available_cpus() if p.stat().st_size >= _PARALLEL_READ_BYTES else 1
+            # The parent parses and dedupes (over half the work) while workers normalize:
+            # on 2 CPUs that measured slower than one process, so only from 4 on.
+            cpus = _parallel.available_cpus()
+            big = p.stat().st_size >= _PARALLEL_READ_BYTES
+            jobs = cpus if big and cpus >= _PARALLEL_READ_MIN_CPUS else 1
         with _parallel.gc_paused(), _parallel.Workers(_domains_of_rows, None, jobs) as workers:
             for domains in workers.map(parsed()):
                 for (line, row, pop), (dom, reason) in zip(batches.popleft(), domains, strict=True):
@@ -577,12 +582,14 @@ def read_accounts(
                     local_id = row[id_idx].strip()[:MAX_FIELD_CHARS] if id_idx is not None else ""
                     if not local_id:
                         local_id = dom
-                    doms = seen_domain.setdefault(pop, set())
+                    seen = per_pop.get(pop)
+                    if seen is None:
+                        seen = per_pop[pop] = (set(), set(), accounts.setdefault(pop, []))
+                    doms, ids, out = seen
                     if dom in doms:
                         keep = tuple(row) if keep_skipped_rows else None
                         skipped.append(Skipped(line, "duplicate", pop, "", keep))
                         continue
-                    ids = seen_id.setdefault(pop, set())
                     if local_id in ids:
                         keep = tuple(row) if keep_skipped_rows else None
                         skipped.append(Skipped(line, "duplicate-id", pop, "", keep))
@@ -592,7 +599,7 @@ def read_accounts(
                     vals = [row[i].strip()[:MAX_FIELD_CHARS] for i in value_idx]
                     values = tuple([share(v, v) for v in vals])
                     nm = row[name_idx].strip()[:MAX_FIELD_CHARS] if name_idx is not None else ""
-                    accounts.setdefault(pop, []).append(Account(line, local_id, nm, dom, values))
+                    out.append(Account(line, local_id, nm, dom, values))
         # unmapped-population rows were recorded while parsing, ahead of their batch
         skipped.sort(key=_by_line)
         # finish hashing any bytes after a trailing blank line the reader did not ask for
