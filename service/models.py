@@ -256,10 +256,15 @@ class UploadChunk(Base):
 
 
 # Records, tokens and matches are written in bulk (COPY / executemany) through Core.
+# records.upload_num and tokens.upload_num carry no foreign key: PostgreSQL checks a
+# foreign key with one SPI query per inserted row, which was more than half of its CPU
+# time during ingest. Chunks are only stored under a staged upload row that the request
+# holds locked (service/upload/service.py), and a trigger on `uploads` (migration 0007)
+# deletes an upload's records and tokens with it, as the cascade did.
 records = Table(
     "records",
     Base.metadata,
-    Column("upload_num", ForeignKey("uploads.num", ondelete="CASCADE"), primary_key=True),
+    Column("upload_num", Integer, primary_key=True, autoincrement=False),
     Column("seq", BigInteger, primary_key=True, autoincrement=False),
     Column("partnership_id", Uuid, nullable=False),
     Column("ref", String(64), nullable=False),
@@ -273,13 +278,19 @@ records = Table(
 tokens = Table(
     "tokens",
     Base.metadata,
-    Column("upload_num", ForeignKey("uploads.num", ondelete="CASCADE"), primary_key=True),
+    Column("upload_num", Integer, primary_key=True, autoincrement=False),
     Column("kind", SmallInteger, primary_key=True, autoincrement=False),
     Column("value", LargeBinary(16), primary_key=True),
     Column("seq", BigInteger, primary_key=True, autoincrement=False),
     Column("partnership_id", Uuid, nullable=False),
     sqlite_with_rowid=False,  # clustered on the key: the join reads it in order
 )
+
+# Without the foreign keys, declare the dependency for Base.metadata.sorted_tables:
+# deleting children before parents (partnership purge, test clean-up) keeps its order.
+_uploads_table = Base.metadata.tables["uploads"]
+records.add_is_dependent_on(_uploads_table)
+tokens.add_is_dependent_on(_uploads_table)
 
 # One row per matched pair of records; side a is the inviter's, side b the invitee's.
 matches = Table(
