@@ -44,6 +44,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -388,6 +389,7 @@ def upload_side(
     chunks: list[bytes],
     n: int,
     fmt: str = "ndjson",
+    inflight: int = 1,
 ) -> SideResult:
     h = {"Authorization": f"Bearer {key}"}
     p = _ok(http.get(f"/v1/partnerships/{pid}", headers=h))
@@ -404,13 +406,22 @@ def upload_side(
     up = _ok(http.post(f"/v1/partnerships/{pid}/uploads", json=manifest, headers=h), 201)
     ctype = "application/vnd.blindmap.chunk+binary" if fmt == "binary" else "application/x-ndjson"
     ch = {**h, "content-type": ctype}
-    times = []
+    times: list[float] = []
+
+    def put(i: int) -> None:
+        t = time.perf_counter()
+        _ok(http.put(f"/v1/uploads/{up['id']}/chunks/{i}", content=chunks[i], headers=ch))
+        times.append(time.perf_counter() - t)
+
     with RssSampler(server) as rss:
         start = time.perf_counter()
-        for i, body in enumerate(chunks):
-            t = time.perf_counter()
-            _ok(http.put(f"/v1/uploads/{up['id']}/chunks/{i}", content=body, headers=ch))
-            times.append(time.perf_counter() - t)
+        if inflight <= 1:
+            for i in range(len(chunks)):
+                put(i)
+        else:  # like the pipelined SDK: at most `inflight` PUTs outstanding
+            with ThreadPoolExecutor(inflight) as pool:
+                for f in [pool.submit(put, i) for i in range(len(chunks))]:
+                    f.result()
         ingest = time.perf_counter() - start
     t = time.perf_counter()
     done = _ok(http.post(f"/v1/uploads/{up['id']}/commit", headers=h))
@@ -440,7 +451,7 @@ def wait_match(http: httpx.Client, key: str, pid: str, timeout: float) -> float 
 
 
 def run_once(
-    db: str, n: int, chunk: int, match_timeout: float, fmt: str = "binary"
+    db: str, n: int, chunk: int, match_timeout: float, fmt: str = "binary", inflight: int = 1
 ) -> dict[str, Any]:
     t0 = time.perf_counter()
     chunks_a = build_chunks("a", n, chunk, fmt)
@@ -458,7 +469,7 @@ def run_once(
             with httpx.Client(base_url=server.base, timeout=300) as http:
                 pid = setup_partnership(http, keys)
                 rss_idle = server.rss_mb()
-                a = upload_side(http, server, keys["acme"], pid, chunks_a, n, fmt)
+                a = upload_side(http, server, keys["acme"], pid, chunks_a, n, fmt, inflight)
                 del chunks_a
                 wait_match(http, keys["acme"], pid, 60)  # A's job: nothing to join yet
                 print(
@@ -467,7 +478,7 @@ def run_once(
                     flush=True,
                 )
                 chunks_b = build_chunks("b", n, chunk, fmt)
-                b = upload_side(http, server, keys["globex"], pid, chunks_b, n, fmt)
+                b = upload_side(http, server, keys["globex"], pid, chunks_b, n, fmt, inflight)
                 del chunks_b
                 match_wall = wait_match(http, keys["globex"], pid, match_timeout)
                 hwm = server.hwm_mb()
@@ -485,6 +496,7 @@ def run_once(
         "rows": n,
         "chunk": chunk,
         "format": fmt,
+        "inflight": inflight,
         "load": os.getloadavg()[0],
         "ingest_a": a.rate,
         "ingest_b": b.rate,
@@ -535,6 +547,12 @@ def main(argv: list[str]) -> None:
         default="binary",
         help="chunk format (the SDK sends binary)",
     )
+    parser.add_argument(
+        "--inflight",
+        type=int,
+        default=1,
+        help="chunk PUTs outstanding at once (1 = one at a time; the pipelined SDK sends 2)",
+    )
     parser.add_argument("--runs", type=int, default=1, help="repeat and report medians")
     parser.add_argument("--quick", action="store_true", help="100k records per side")
     parser.add_argument(
@@ -560,7 +578,8 @@ def main(argv: list[str]) -> None:
     results: list[dict[str, Any]] = []
     for db in dbs:
         runs = [
-            run_once(db, n, args.chunk, args.match_timeout, args.format) for _ in range(args.runs)
+            run_once(db, n, args.chunk, args.match_timeout, args.format, args.inflight)
+            for _ in range(args.runs)
         ]
         results += runs
         med = {k: _median([r[k] for r in runs]) for k in runs[0] if isinstance(runs[0][k], float)}
@@ -577,7 +596,7 @@ def main(argv: list[str]) -> None:
         cells = [
             f"ingest {db}",
             f"{n:,} x {n:,}",
-            f"{args.format} chunks {args.chunk:,}",
+            f"{args.format} chunks {args.chunk:,}, {args.inflight} in flight",
             f"ingest {med['ingest']:,.0f} rec/s",
             f"commit {med['commit_b']:.2f} s",
             f"match job {med['match_job']:.2f} s",

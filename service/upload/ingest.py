@@ -17,6 +17,7 @@ import itertools
 import re
 import struct
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -448,55 +449,75 @@ _PG_RECORD_HEAD = struct.Struct(">hiiiqi16si")
 _PG_TOKEN = struct.Struct(">hiiihi16siqi16s")
 
 
-def copy_buffers(chunk: ParsedChunk) -> tuple[bytes, bytes]:
-    """The whole chunk as two PostgreSQL binary COPY streams (records, tokens in key
-    order)."""
+# Records per piece of a COPY stream: PostgreSQL parses and indexes one piece while the
+# next is built, and no whole-chunk buffer (13 MB at 50k records) is held.
+_COPY_PIECE = 4096
+
+
+def record_copy_pieces(chunk: ParsedChunk) -> Iterator[bytes | bytearray]:
+    """The chunk's records as a PostgreSQL binary COPY stream, piece by piece."""
     head, pack_u32 = _PG_RECORD_HEAD.pack, _U32.pack
     up, pid = chunk.upload_num, chunk.partnership_id.bytes
-    parts: list[bytes] = [_PGCOPY_SIGNATURE]
-    add = parts.append
-    for seq, ref, self_sealed, partner_sealed in zip(
-        itertools.count(chunk.base), chunk.refs, chunk.self_sealed, chunk.partner_sealed
-    ):
-        rb = ref.encode()
-        add(head(6, 4, up, 8, seq, 16, pid, len(rb)))
-        add(rb)
-        add(pack_u32(len(self_sealed)))
-        add(self_sealed)
-        if partner_sealed is None:
-            add(_PG_NULL)
-        else:
-            add(pack_u32(len(partner_sealed)))
-            add(partner_sealed)
-    add(_PGCOPY_TRAILER)
+    refs, selfs, partners = chunk.refs, chunk.self_sealed, chunk.partner_sealed
+    yield _PGCOPY_SIGNATURE
+    for lo in range(0, len(refs), _COPY_PIECE):
+        hi = min(lo + _COPY_PIECE, len(refs))
+        buf = bytearray()
+        for i in range(lo, hi):
+            rb = refs[i].encode()
+            self_sealed, partner_sealed = selfs[i], partners[i]
+            buf += head(6, 4, up, 8, chunk.base + i, 16, pid, len(rb))
+            buf += rb
+            buf += pack_u32(len(self_sealed))
+            buf += self_sealed
+            if partner_sealed is None:
+                buf += _PG_NULL
+            else:
+                buf += pack_u32(len(partner_sealed))
+                buf += partner_sealed
+        yield buf
+    yield _PGCOPY_TRAILER
+
+
+def token_copy_pieces(chunk: ParsedChunk) -> Iterator[bytes | bytearray]:
+    """The chunk's tokens in key order as a PostgreSQL binary COPY stream."""
     tok = _PG_TOKEN.pack
+    up, pid = chunk.upload_num, chunk.partnership_id.bytes
     keys, seqs = chunk.token_keys, chunk.token_seqs
-    tparts = [_PGCOPY_SIGNATURE]
-    tparts += [
-        tok(5, 4, up, 2, keys[i][0], TOKEN_BYTES, keys[i][1:], 8, seqs[i], 16, pid)
-        for i in chunk.token_order()
-    ]
-    tparts.append(_PGCOPY_TRAILER)
-    return b"".join(parts), b"".join(tparts)
+    order = chunk.token_order()
+    yield _PGCOPY_SIGNATURE
+    for lo in range(0, len(order), _COPY_PIECE):
+        buf = bytearray()
+        for i in order[lo : lo + _COPY_PIECE]:
+            key = keys[i]
+            buf += tok(5, 4, up, 2, key[0], TOKEN_BYTES, key[1:], 8, seqs[i], 16, pid)
+        yield buf
+    yield _PGCOPY_TRAILER
+
+
+def copy_buffers(chunk: ParsedChunk) -> tuple[bytes, bytes]:
+    """The two whole COPY streams (records, tokens), for tests."""
+    return b"".join(record_copy_pieces(chunk)), b"".join(token_copy_pieces(chunk))
 
 
 def store(session: Session, chunk: ParsedChunk) -> None:
     """Write a parsed chunk in the current transaction (COPY on PostgreSQL)."""
     conn = session.connection()
     if conn.dialect.name == "postgresql":
-        rec_buf, tok_buf = copy_buffers(chunk)
         raw = conn.connection.driver_connection
         with raw.cursor() as cur:  # type: ignore[union-attr]
             with cur.copy(
                 "COPY records (upload_num, seq, partnership_id, ref, self_sealed, partner_sealed)"
                 " FROM STDIN (FORMAT BINARY)"
             ) as copy:
-                copy.write(rec_buf)
+                for piece in record_copy_pieces(chunk):
+                    copy.write(piece)
             with cur.copy(
                 "COPY tokens (upload_num, kind, value, seq, partnership_id)"
                 " FROM STDIN (FORMAT BINARY)"
             ) as copy:
-                copy.write(tok_buf)
+                for piece in token_copy_pieces(chunk):
+                    copy.write(piece)
         return
     # SQLite: the driver's executemany on the session's own connection (same
     # transaction), skipping per-row ORM/Core processing; UUIDs as SQLAlchemy stores them

@@ -175,10 +175,14 @@ def get(
 def _staged(session: Session, caller: Principal, upload_id: uuid.UUID) -> Upload:
     up = get(session, caller, upload_id, for_update=True)
     if up.status != "staged":
-        raise errors.Conflict(
-            f"This upload is {up.status}; only a staged upload takes chunks or commits."
-        )
+        raise _not_staged(up.status)
     return up
+
+
+def _not_staged(status: str) -> errors.Conflict:
+    return errors.Conflict(
+        f"This upload is {status}; only a staged upload takes chunks or commits."
+    )
 
 
 def put_chunk(
@@ -192,8 +196,16 @@ def put_chunk(
     binary: bool = False,
 ) -> tuple[UploadChunk, bool]:
     """Store chunk `n` (NDJSON, or the binary format when `binary`); the same bytes again
-    are a no-op, different bytes a 409."""
-    up = _staged(session, caller, upload_id)
+    are a no-op, different bytes a 409.
+
+    Chunks of one upload may arrive concurrently (the SDK keeps two in flight). The
+    chunk is parsed before any row lock is taken; then the upload row is locked FOR
+    SHARE, which lets the chunks of one upload store side by side while a commit or
+    abort (FOR UPDATE) waits for them, and they for it. On SQLite every write
+    transaction is serial anyway (BEGIN IMMEDIATE)."""
+    up = get(session, caller, upload_id)
+    if up.status != "staged":
+        raise _not_staged(up.status)
     if not 0 <= n < up.chunk_count:
         raise errors.Unprocessable(
             f"chunk number {n} is outside 0..{up.chunk_count - 1} declared in the manifest",
@@ -216,7 +228,13 @@ def put_chunk(
         max_records=min(settings.max_chunk_records, ingest.CHUNK_SLOT),
         max_sealed_bytes=settings.max_sealed_bytes,
     )
-    chunk = UploadChunk(upload_num=up.num, n=n, sha256=digest, records=len(parsed.record_rows))
+    # the status may have changed while parsing (a commit or abort of another request)
+    locked = session.execute(
+        select(Upload.status).where(Upload.num == up.num).with_for_update(read=True)
+    ).scalar_one()
+    if locked != "staged":
+        raise _not_staged(locked)
+    chunk = UploadChunk(upload_num=up.num, n=n, sha256=digest, records=len(parsed))
     try:
         with session.begin_nested():
             session.add(chunk)
