@@ -240,7 +240,13 @@ def put_chunk(
             session.add(chunk)
             session.flush()
             ingest.store(session, parsed)
-    except (IntegrityError, psycopg.IntegrityError, sqlite3.IntegrityError):
+    except (
+        IntegrityError,
+        psycopg.IntegrityError,
+        sqlite3.IntegrityError,
+        # two chunks racing with refs in common, in opposite orders (PostgreSQL)
+        psycopg.errors.DeadlockDetected,
+    ):
         # bulk writes go through the driver, which raises its own error class
         session.expire_all()
         again = session.get(UploadChunk, (up.num, n))
