@@ -3,10 +3,15 @@
 Validation is strict and names the line (NDJSON) or record (binary) and the field: the
 escrow must never store something that looks like plaintext where a token or ciphertext
 belongs. Both formats go through the same checks (:func:`_check_ref`,
-:func:`_check_token`, :func:`_check_sealed`). Storage uses one COPY per table and chunk
-on PostgreSQL (a prebuilt binary COPY buffer, not a row at a time) and one executemany
-per table on SQLite, tokens sorted by key (inserting in index order is several times
-faster than random order).
+:func:`_check_token`, :func:`_check_sealed`) and parse into columns (:class:`ParsedChunk`).
+
+Storage: on PostgreSQL one binary COPY per table and chunk, streamed in pieces, tokens
+in key order. On SQLite one executemany into `records` (appends: the key grows with the
+chunk) and one into `staged_tokens` (appends too); the commit moves the staged tokens
+into `tokens` sorted by key (:func:`publish_tokens`) and checks once that no ref appears
+in two chunks (:func:`check_refs_unique`). Neither database then updates an index in
+random order chunk after chunk, which on SQLite rewrote most of the upload's index pages
+at every chunk's commit.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from blindmap.protocol import (
@@ -537,8 +543,71 @@ def store(session: Session, chunk: ParsedChunk) -> None:
             chunk.partner_sealed,
         ),
     )
-    keys, seqs = chunk.token_keys, chunk.token_seqs
+    # Tokens wait in staged_tokens, appended in arrival order, until the commit moves
+    # them into `tokens` in key order (publish_tokens).
+    keys = chunk.token_keys
     raw.executemany(  # type: ignore[union-attr]
-        "INSERT INTO tokens (upload_num, kind, value, seq, partnership_id) VALUES (?, ?, ?, ?, ?)",
-        ((up, keys[i][0], keys[i][1:], seqs[i], pid_hex) for i in chunk.token_order()),
+        "INSERT INTO staged_tokens (upload_num, seq, kind, value) VALUES (?, ?, ?, ?)",
+        zip(
+            itertools.repeat(up),
+            chunk.token_seqs,
+            (key[0] for key in keys),
+            (key[1:] for key in keys),
+        ),
     )
+
+
+# ----------------------------------------------------------------------- commit
+
+
+def check_refs_unique(session: Session, upload_num: int) -> None:
+    """422 when a ref appears in two chunks of the upload (each chunk's own refs were
+    checked when it arrived). One GROUP BY at commit instead of a unique index that
+    every chunk updates in random order."""
+    conn = session.connection()
+    if conn.dialect.name == "postgresql":
+        # the upload's refs sort in memory instead of spilling to disk
+        conn.exec_driver_sql("SET LOCAL work_mem = '64MB'")
+    row = conn.execute(
+        text(
+            "SELECT ref, min(seq), max(seq) FROM records WHERE upload_num = :n "
+            "GROUP BY ref HAVING count(*) > 1 LIMIT 1"
+        ),
+        {"n": upload_num},
+    ).first()
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("RESET work_mem")
+    if row is None:
+        return
+    ref, first, last = row
+    a, b = first // CHUNK_SLOT, last // CHUNK_SLOT
+    where = f"chunks {a} and {b}" if a != b else f"chunk {a}"
+    raise errors.Unprocessable(
+        f"ref '{ref}' appears in {where} of this upload; refs must be unique in an upload. "
+        "Abort it and upload again.",
+        errors=[
+            {
+                "field": "ref",
+                "in": "body",
+                "chunks": sorted({a, b}),
+                "message": "refs must be unique in an upload",
+            }
+        ],
+    )
+
+
+def publish_tokens(session: Session, upload_num: int, partnership_id: uuid.UUID) -> None:
+    """SQLite: move the upload's staged tokens into `tokens` in key order, so that the
+    index takes them as appends. Part of the commit's transaction."""
+    conn = session.connection()
+    if conn.dialect.name == "postgresql":
+        return  # COPY wrote them into `tokens` already
+    conn.execute(
+        text(
+            "INSERT INTO tokens (upload_num, kind, value, seq, partnership_id) "
+            "SELECT upload_num, kind, value, seq, :pid FROM staged_tokens "
+            "WHERE upload_num = :n ORDER BY kind, value, seq"
+        ),
+        {"n": upload_num, "pid": partnership_id.hex},  # Uuid on SQLite: 32 hex characters
+    )
+    conn.execute(text("DELETE FROM staged_tokens WHERE upload_num = :n"), {"n": upload_num})

@@ -30,6 +30,7 @@ from service.models import (
     match_counts,
     matches,
     records,
+    staged_tokens,
     tokens,
     utcnow,
 )
@@ -240,26 +241,18 @@ def put_chunk(
             session.add(chunk)
             session.flush()
             ingest.store(session, parsed)
-    except (
-        IntegrityError,
-        psycopg.IntegrityError,
-        sqlite3.IntegrityError,
-        # two chunks racing with refs in common, in opposite orders (PostgreSQL)
-        psycopg.errors.DeadlockDetected,
-    ):
-        # bulk writes go through the driver, which raises its own error class
+    except (IntegrityError, psycopg.IntegrityError, sqlite3.IntegrityError):
+        # the chunk number raced an identical or different re-send (primary key of
+        # upload_chunks); bulk writes go through the driver, which has its own error class
         session.expire_all()
         again = session.get(UploadChunk, (up.num, n))
-        if again is not None and again.sha256 == digest:  # a concurrent identical re-send
+        if again is not None and again.sha256 == digest:
             return again, True
         if again is not None:
             raise errors.Conflict(
                 f"Chunk {n} was already received with different content."
             ) from None
-        raise errors.Unprocessable(
-            f"chunk {n} repeats a ref already sent in another chunk of this upload",
-            errors=[{"field": "ref", "in": "body", "message": "refs must be unique in an upload"}],
-        ) from None
+        raise
     return chunk, False
 
 
@@ -291,6 +284,7 @@ def _drop_data(session: Session, upload_num: int) -> None:
             delete(table).where(or_(table.c.a_upload == upload_num, table.c.b_upload == upload_num))
         )
     session.execute(delete(tokens).where(tokens.c.upload_num == upload_num))
+    session.execute(delete(staged_tokens).where(staged_tokens.c.upload_num == upload_num))
     session.execute(delete(records).where(records.c.upload_num == upload_num))
     session.execute(delete(UploadChunk).where(UploadChunk.upload_num == upload_num))
 
@@ -366,6 +360,8 @@ def commit(session: Session, settings: Settings, caller: Principal, upload_id: u
                 "confirm_shrink (CLI: --confirm-shrink).",
                 limit_fraction=settings.max_shrink_fraction,
             )
+    ingest.check_refs_unique(session, up.num)
+    ingest.publish_tokens(session, up.num, up.partnership_id)
     if prev is not None:
         prev.status, prev.ended_at = "superseded", now
         _drop_data(session, prev.num)
