@@ -2,11 +2,14 @@
 
 Issue 5, item 6: two partnered companies each upload N records (default 1,000,000; 20% of
 B's tokens are also in A's list) to a real `blindmap-server serve` subprocess on
-127.0.0.1, over HTTP (httpx), in NDJSON chunks of `--chunk` records; then each commits and
-the embedded worker runs the match job. Measured:
+127.0.0.1, over HTTP (httpx), in binary (default) or NDJSON chunks of `--chunk` records;
+then each commits and the embedded worker runs the match job. Measured:
 
-- ingest records/s: the chunk PUTs only (wall clock of the PUT loop, one request at a time
-  as the SDK sends them); the client builds every chunk before the clock starts;
+- ingest records/s: 2N records over the wall clock of both sides' chunk PUTs plus both
+  commits (the commit does ingest work: on SQLite it moves the staged tokens into the
+  indexed table, on both it checks refs); the PUT rate alone is printed too. PUTs go one
+  at a time, or `--inflight k` at once (the pipelined SDK keeps 2); the client builds
+  every chunk before the clock starts;
 - commit time (the POST .../commit);
 - match job time: from the `jobs` row (claimed -> finished) of the second commit, which
   joins 1M x 1M tokens; plus the wall clock from the commit's response until the status
@@ -19,7 +22,7 @@ Tokens are synthetic 16-byte values (keyed BLAKE2b of the record number) with ex
 the intended overlap; refs are 32 random-looking hex characters; the sealed payloads are
 random bytes of 60-120 bytes each (self and partner), the size of real sealed fields.
 
-Databases: a fresh SQLite file in a temporary directory; a scratch PostgreSQL database
+Also printed: the load average at the start of each run. Databases: a fresh SQLite file in a temporary directory; a scratch PostgreSQL database
 at 127.0.0.1:5432 as user postgres (created and dropped; skipped with a message when
 PostgreSQL is not reachable, so `make bench` never fails for lack of it).
 Targets: ingest >= 100k records/s on PostgreSQL and >= 50k/s on SQLite, match 1M x 1M
@@ -501,6 +504,8 @@ def run_once(
         "ingest_a": a.rate,
         "ingest_b": b.rate,
         "ingest": 2 * n / (a.ingest_s + b.ingest_s),
+        # the commit moves staged tokens (SQLite) and checks refs: it is part of ingest
+        "ingest_commit": 2 * n / (a.ingest_s + b.ingest_s + a.commit_s + b.commit_s),
         "chunk_median_ms": sorted(a.chunk_s + b.chunk_s)[len(a.chunk_s)] * 1000,
         "commit_a": a.commit_s,
         "commit_b": b.commit_s,
@@ -585,7 +590,12 @@ def main(argv: list[str]) -> None:
         med = {k: _median([r[k] for r in runs]) for k in runs[0] if isinstance(runs[0][k], float)}
         target = 100_000 if db == "postgresql" else 50_000
         verdicts = [
-            ("ingest", med["ingest"] >= target, f"{med['ingest']:,.0f} records/s (>= {target:,})"),
+            (
+                "ingest",
+                med["ingest_commit"] >= target,
+                f"{med['ingest_commit']:,.0f} records/s with the commits, "
+                f"{med['ingest']:,.0f}/s chunk PUTs alone (>= {target:,})",
+            ),
             ("match", med["match_job"] <= 5, f"{med['match_job']:.2f} s (<= 5 s)"),
             ("rss", med["rss_upload"] < 300, f"{med['rss_upload']:.0f} MB (< 300 MB)"),
         ]
@@ -597,12 +607,14 @@ def main(argv: list[str]) -> None:
             f"ingest {db}",
             f"{n:,} x {n:,}",
             f"{args.format} chunks {args.chunk:,}, {args.inflight} in flight",
-            f"ingest {med['ingest']:,.0f} rec/s",
-            f"commit {med['commit_b']:.2f} s",
+            f"ingest {med['ingest_commit']:,.0f} rec/s incl. commits "
+            f"(PUTs {med['ingest']:,.0f} rec/s)",
+            f"commit {med['commit_a']:.2f} / {med['commit_b']:.2f} s",
             f"match job {med['match_job']:.2f} s",
             f"matches {runs[0]['matches']:,}" if runs[0]["matches"] >= 0 else "matches ?",
             f"RSS upload {med['rss_upload']:.0f} MB / lifetime {med['rss_hwm']:.0f} MB",
             runs_note,
+            f"load {_median([r['load'] for r in runs]):.1f}",
         ]
         print("| " + " | ".join(cells) + " |", flush=True)
     if args.json_out:

@@ -302,24 +302,26 @@ staged_tokens = Table(
     sqlite_with_rowid=False,
 )
 
-# Without the foreign keys, declare the dependency for Base.metadata.sorted_tables:
-# deleting children before parents (partnership purge, test clean-up) keeps its order.
-_uploads_table = Base.metadata.tables["uploads"]
-for _child in (records, tokens, staged_tokens):
-    _child.add_is_dependent_on(_uploads_table)
-
 # One row per matched pair of records; side a is the inviter's, side b the invitee's.
+# No foreign keys either (the match job inserts 200k rows at 1M x 1M; two per-row checks
+# were ~1.2 s of it on PostgreSQL); the delete trigger on `uploads` clears them.
 matches = Table(
     "matches",
     Base.metadata,
-    Column("a_upload", ForeignKey("uploads.num", ondelete="CASCADE"), primary_key=True),
+    Column("a_upload", Integer, primary_key=True, autoincrement=False),
     Column("a_seq", BigInteger, primary_key=True, autoincrement=False),
-    Column("b_upload", ForeignKey("uploads.num", ondelete="CASCADE"), primary_key=True),
+    Column("b_upload", Integer, primary_key=True, autoincrement=False),
     Column("b_seq", BigInteger, primary_key=True, autoincrement=False),
     Column("partnership_id", Uuid, nullable=False),
     Index(None, "b_upload", "b_seq"),
     sqlite_with_rowid=False,
 )
+
+# Without the foreign keys, declare the dependency for Base.metadata.sorted_tables:
+# deleting children before parents (partnership purge, test clean-up) keeps its order.
+_uploads_table = Base.metadata.tables["uploads"]
+for _child in (records, tokens, staged_tokens, matches):
+    _child.add_is_dependent_on(_uploads_table)
 
 # Distinct matched records per pair of uploads, per side, written by the match job:
 # the summary report reads one row per cell instead of counting matches.

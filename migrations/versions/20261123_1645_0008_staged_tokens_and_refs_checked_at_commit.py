@@ -26,16 +26,25 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
-def _function(tables: Sequence[str]) -> str:
-    deletes = "".join(f"    DELETE FROM {t} WHERE upload_num = OLD.num;\n" for t in tables)
+_DELETES_0007 = (
+    "    DELETE FROM tokens WHERE upload_num = OLD.num;\n"
+    "    DELETE FROM records WHERE upload_num = OLD.num;\n"
+)
+_DELETES_0008 = (
+    "    DELETE FROM staged_tokens WHERE upload_num = OLD.num;\n"
+    "    DELETE FROM tokens WHERE upload_num = OLD.num;\n"
+    "    DELETE FROM records WHERE upload_num = OLD.num;\n"
+)
+
+
+def _function(deletes: str) -> str:
     return (
         "CREATE OR REPLACE FUNCTION uploads_delete_rows() RETURNS trigger LANGUAGE plpgsql "
         f"AS $$\nBEGIN\n{deletes}    RETURN OLD;\nEND\n$$"
     )
 
 
-def _sqlite_trigger(tables: Sequence[str]) -> str:
-    deletes = "".join(f"    DELETE FROM {t} WHERE upload_num = OLD.num;\n" for t in tables)
+def _sqlite_trigger(deletes: str) -> str:
     return (
         "CREATE TRIGGER uploads_delete_rows AFTER DELETE ON uploads FOR EACH ROW BEGIN\n"
         f"{deletes}END"
@@ -48,11 +57,11 @@ def _drop_sqlite_trigger() -> None:
         op.execute("DROP TRIGGER uploads_delete_rows")
 
 
-def _set_trigger(tables: Sequence[str]) -> None:
+def _set_trigger(deletes: str) -> None:
     if op.get_bind().dialect.name == "postgresql":
-        op.execute(_function(tables))
+        op.execute(_function(deletes))
     else:
-        op.execute(_sqlite_trigger(tables))
+        op.execute(_sqlite_trigger(deletes))
 
 
 def upgrade() -> None:
@@ -70,7 +79,7 @@ def upgrade() -> None:
         ),
         sqlite_with_rowid=False,
     )
-    _set_trigger(("staged_tokens", "tokens", "records"))
+    _set_trigger(_DELETES_0008)
 
 
 def downgrade() -> None:
@@ -78,4 +87,4 @@ def downgrade() -> None:
     op.drop_table("staged_tokens")
     with op.batch_alter_table("records", table_kwargs={"sqlite_with_rowid": False}) as batch_op:
         batch_op.create_unique_constraint("uq_records_upload_num_ref", ["upload_num", "ref"])
-    _set_trigger(("tokens", "records"))
+    _set_trigger(_DELETES_0007)

