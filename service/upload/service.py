@@ -360,7 +360,7 @@ def commit(session: Session, settings: Settings, caller: Principal, upload_id: u
                 "confirm_shrink (CLI: --confirm-shrink).",
                 limit_fraction=settings.max_shrink_fraction,
             )
-    ingest.check_refs_unique(session, up.num)
+    ingest.check_refs_unique(session, up.num, up.record_count)
     ingest.publish_tokens(session, up.num, up.partnership_id)
     if prev is not None:
         prev.status, prev.ended_at = "superseded", now
