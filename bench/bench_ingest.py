@@ -22,7 +22,9 @@ Tokens are synthetic 16-byte values (keyed BLAKE2b of the record number) with ex
 the intended overlap; refs are 32 random-looking hex characters; the sealed payloads are
 random bytes of 60-120 bytes each (self and partner), the size of real sealed fields.
 
-Also printed: the load average at the start of each run. Databases: a fresh SQLite file in a temporary directory; a scratch PostgreSQL database
+Also printed: the load average at the start of each run.
+
+Databases: a fresh SQLite file in a temporary directory; a scratch PostgreSQL database
 at 127.0.0.1:5432 as user postgres (created and dropped; skipped with a message when
 PostgreSQL is not reachable, so `make bench` never fails for lack of it).
 Targets: ingest >= 100k records/s on PostgreSQL and >= 50k/s on SQLite, match 1M x 1M
