@@ -2,11 +2,14 @@
 
 Issue 5, item 6: two partnered companies each upload N records (default 1,000,000; 20% of
 B's tokens are also in A's list) to a real `blindmap-server serve` subprocess on
-127.0.0.1, over HTTP (httpx), in NDJSON chunks of `--chunk` records; then each commits and
-the embedded worker runs the match job. Measured:
+127.0.0.1, over HTTP (httpx), in binary (default) or NDJSON chunks of `--chunk` records;
+then each commits and the embedded worker runs the match job. Measured:
 
-- ingest records/s: the chunk PUTs only (wall clock of the PUT loop, one request at a time
-  as the SDK sends them); the client builds every chunk before the clock starts;
+- ingest records/s: 2N records over the wall clock of both sides' chunk PUTs plus both
+  commits (the commit does ingest work: on SQLite it moves the staged tokens into the
+  indexed table, on both it checks refs); the PUT rate alone is printed too. PUTs go one
+  at a time, or `--inflight k` at once (the pipelined SDK keeps 2); the client builds
+  every chunk before the clock starts;
 - commit time (the POST .../commit);
 - match job time: from the `jobs` row (claimed -> finished) of the second commit, which
   joins 1M x 1M tokens; plus the wall clock from the commit's response until the status
@@ -18,6 +21,8 @@ the embedded worker runs the match job. Measured:
 Tokens are synthetic 16-byte values (keyed BLAKE2b of the record number) with exactly
 the intended overlap; refs are 32 random-looking hex characters; the sealed payloads are
 random bytes of 60-120 bytes each (self and partner), the size of real sealed fields.
+
+Also printed: the load average at the start of each run.
 
 Databases: a fresh SQLite file in a temporary directory; a scratch PostgreSQL database
 at 127.0.0.1:5432 as user postgres (created and dropped; skipped with a message when
@@ -44,6 +49,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -388,6 +394,7 @@ def upload_side(
     chunks: list[bytes],
     n: int,
     fmt: str = "ndjson",
+    inflight: int = 1,
 ) -> SideResult:
     h = {"Authorization": f"Bearer {key}"}
     p = _ok(http.get(f"/v1/partnerships/{pid}", headers=h))
@@ -404,13 +411,22 @@ def upload_side(
     up = _ok(http.post(f"/v1/partnerships/{pid}/uploads", json=manifest, headers=h), 201)
     ctype = "application/vnd.blindmap.chunk+binary" if fmt == "binary" else "application/x-ndjson"
     ch = {**h, "content-type": ctype}
-    times = []
+    times: list[float] = []
+
+    def put(i: int) -> None:
+        t = time.perf_counter()
+        _ok(http.put(f"/v1/uploads/{up['id']}/chunks/{i}", content=chunks[i], headers=ch))
+        times.append(time.perf_counter() - t)
+
     with RssSampler(server) as rss:
         start = time.perf_counter()
-        for i, body in enumerate(chunks):
-            t = time.perf_counter()
-            _ok(http.put(f"/v1/uploads/{up['id']}/chunks/{i}", content=body, headers=ch))
-            times.append(time.perf_counter() - t)
+        if inflight <= 1:
+            for i in range(len(chunks)):
+                put(i)
+        else:  # like the pipelined SDK: at most `inflight` PUTs outstanding
+            with ThreadPoolExecutor(inflight) as pool:
+                for f in [pool.submit(put, i) for i in range(len(chunks))]:
+                    f.result()
         ingest = time.perf_counter() - start
     t = time.perf_counter()
     done = _ok(http.post(f"/v1/uploads/{up['id']}/commit", headers=h))
@@ -440,7 +456,7 @@ def wait_match(http: httpx.Client, key: str, pid: str, timeout: float) -> float 
 
 
 def run_once(
-    db: str, n: int, chunk: int, match_timeout: float, fmt: str = "binary"
+    db: str, n: int, chunk: int, match_timeout: float, fmt: str = "binary", inflight: int = 1
 ) -> dict[str, Any]:
     t0 = time.perf_counter()
     chunks_a = build_chunks("a", n, chunk, fmt)
@@ -458,7 +474,7 @@ def run_once(
             with httpx.Client(base_url=server.base, timeout=300) as http:
                 pid = setup_partnership(http, keys)
                 rss_idle = server.rss_mb()
-                a = upload_side(http, server, keys["acme"], pid, chunks_a, n, fmt)
+                a = upload_side(http, server, keys["acme"], pid, chunks_a, n, fmt, inflight)
                 del chunks_a
                 wait_match(http, keys["acme"], pid, 60)  # A's job: nothing to join yet
                 print(
@@ -467,7 +483,7 @@ def run_once(
                     flush=True,
                 )
                 chunks_b = build_chunks("b", n, chunk, fmt)
-                b = upload_side(http, server, keys["globex"], pid, chunks_b, n, fmt)
+                b = upload_side(http, server, keys["globex"], pid, chunks_b, n, fmt, inflight)
                 del chunks_b
                 match_wall = wait_match(http, keys["globex"], pid, match_timeout)
                 hwm = server.hwm_mb()
@@ -485,10 +501,13 @@ def run_once(
         "rows": n,
         "chunk": chunk,
         "format": fmt,
+        "inflight": inflight,
         "load": os.getloadavg()[0],
         "ingest_a": a.rate,
         "ingest_b": b.rate,
         "ingest": 2 * n / (a.ingest_s + b.ingest_s),
+        # the commit moves staged tokens (SQLite) and checks refs: it is part of ingest
+        "ingest_commit": 2 * n / (a.ingest_s + b.ingest_s + a.commit_s + b.commit_s),
         "chunk_median_ms": sorted(a.chunk_s + b.chunk_s)[len(a.chunk_s)] * 1000,
         "commit_a": a.commit_s,
         "commit_b": b.commit_s,
@@ -535,6 +554,12 @@ def main(argv: list[str]) -> None:
         default="binary",
         help="chunk format (the SDK sends binary)",
     )
+    parser.add_argument(
+        "--inflight",
+        type=int,
+        default=1,
+        help="chunk PUTs outstanding at once (1 = one at a time; the pipelined SDK sends 2)",
+    )
     parser.add_argument("--runs", type=int, default=1, help="repeat and report medians")
     parser.add_argument("--quick", action="store_true", help="100k records per side")
     parser.add_argument(
@@ -560,13 +585,19 @@ def main(argv: list[str]) -> None:
     results: list[dict[str, Any]] = []
     for db in dbs:
         runs = [
-            run_once(db, n, args.chunk, args.match_timeout, args.format) for _ in range(args.runs)
+            run_once(db, n, args.chunk, args.match_timeout, args.format, args.inflight)
+            for _ in range(args.runs)
         ]
         results += runs
         med = {k: _median([r[k] for r in runs]) for k in runs[0] if isinstance(runs[0][k], float)}
         target = 100_000 if db == "postgresql" else 50_000
         verdicts = [
-            ("ingest", med["ingest"] >= target, f"{med['ingest']:,.0f} records/s (>= {target:,})"),
+            (
+                "ingest",
+                med["ingest_commit"] >= target,
+                f"{med['ingest_commit']:,.0f} records/s with the commits, "
+                f"{med['ingest']:,.0f}/s chunk PUTs alone (>= {target:,})",
+            ),
             ("match", med["match_job"] <= 5, f"{med['match_job']:.2f} s (<= 5 s)"),
             ("rss", med["rss_upload"] < 300, f"{med['rss_upload']:.0f} MB (< 300 MB)"),
         ]
@@ -577,13 +608,15 @@ def main(argv: list[str]) -> None:
         cells = [
             f"ingest {db}",
             f"{n:,} x {n:,}",
-            f"{args.format} chunks {args.chunk:,}",
-            f"ingest {med['ingest']:,.0f} rec/s",
-            f"commit {med['commit_b']:.2f} s",
+            f"{args.format} chunks {args.chunk:,}, {args.inflight} in flight",
+            f"ingest {med['ingest_commit']:,.0f} rec/s incl. commits "
+            f"(PUTs {med['ingest']:,.0f} rec/s)",
+            f"commit {med['commit_a']:.2f} / {med['commit_b']:.2f} s",
             f"match job {med['match_job']:.2f} s",
             f"matches {runs[0]['matches']:,}" if runs[0]["matches"] >= 0 else "matches ?",
             f"RSS upload {med['rss_upload']:.0f} MB / lifetime {med['rss_hwm']:.0f} MB",
             runs_note,
+            f"load {_median([r['load'] for r in runs]):.1f}",
         ]
         print("| " + " | ".join(cells) + " |", flush=True)
     if args.json_out:

@@ -256,16 +256,22 @@ class UploadChunk(Base):
 
 
 # Records, tokens and matches are written in bulk (COPY / executemany) through Core.
+# records.upload_num and tokens.upload_num carry no foreign key: PostgreSQL checks a
+# foreign key with one SPI query per inserted row, which was more than half of its CPU
+# time during ingest. Chunks are only stored under a staged upload row that the request
+# holds locked (service/upload/service.py), and a trigger on `uploads` (migration 0007)
+# deletes an upload's records and tokens with it, as the cascade did.
 records = Table(
     "records",
     Base.metadata,
-    Column("upload_num", ForeignKey("uploads.num", ondelete="CASCADE"), primary_key=True),
+    Column("upload_num", Integer, primary_key=True, autoincrement=False),
     Column("seq", BigInteger, primary_key=True, autoincrement=False),
     Column("partnership_id", Uuid, nullable=False),
     Column("ref", String(64), nullable=False),
     Column("self_sealed", LargeBinary, nullable=False),
     Column("partner_sealed", LargeBinary),
-    UniqueConstraint("upload_num", "ref"),
+    # refs are unique within an upload, checked once at commit (one GROUP BY) rather than
+    # by a unique index that every chunk would update in random order
     sqlite_with_rowid=False,
 )
 
@@ -273,7 +279,7 @@ records = Table(
 tokens = Table(
     "tokens",
     Base.metadata,
-    Column("upload_num", ForeignKey("uploads.num", ondelete="CASCADE"), primary_key=True),
+    Column("upload_num", Integer, primary_key=True, autoincrement=False),
     Column("kind", SmallInteger, primary_key=True, autoincrement=False),
     Column("value", LargeBinary(16), primary_key=True),
     Column("seq", BigInteger, primary_key=True, autoincrement=False),
@@ -281,18 +287,41 @@ tokens = Table(
     sqlite_with_rowid=False,  # clustered on the key: the join reads it in order
 )
 
+# SQLite only: a staged upload's tokens, in arrival order (its key is the order chunks
+# append in). The commit moves them into `tokens` sorted by the join key: inserting a
+# chunk's random tokens straight into `tokens` dirtied most of the upload's index pages
+# again in every chunk's commit, which grows with the list (10k-record chunks: 35k
+# records/s at 1M). PostgreSQL COPYs into `tokens` directly and leaves this empty.
+staged_tokens = Table(
+    "staged_tokens",
+    Base.metadata,
+    Column("upload_num", Integer, primary_key=True, autoincrement=False),
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("kind", SmallInteger, primary_key=True, autoincrement=False),
+    Column("value", LargeBinary(16), primary_key=True),
+    sqlite_with_rowid=False,
+)
+
 # One row per matched pair of records; side a is the inviter's, side b the invitee's.
+# No foreign keys either (the match job inserts 200k rows at 1M x 1M; two per-row checks
+# were ~1.2 s of it on PostgreSQL); the delete trigger on `uploads` clears them.
 matches = Table(
     "matches",
     Base.metadata,
-    Column("a_upload", ForeignKey("uploads.num", ondelete="CASCADE"), primary_key=True),
+    Column("a_upload", Integer, primary_key=True, autoincrement=False),
     Column("a_seq", BigInteger, primary_key=True, autoincrement=False),
-    Column("b_upload", ForeignKey("uploads.num", ondelete="CASCADE"), primary_key=True),
+    Column("b_upload", Integer, primary_key=True, autoincrement=False),
     Column("b_seq", BigInteger, primary_key=True, autoincrement=False),
     Column("partnership_id", Uuid, nullable=False),
     Index(None, "b_upload", "b_seq"),
     sqlite_with_rowid=False,
 )
+
+# Without the foreign keys, declare the dependency for Base.metadata.sorted_tables:
+# deleting children before parents (partnership purge, test clean-up) keeps its order.
+_uploads_table = Base.metadata.tables["uploads"]
+for _child in (records, tokens, staged_tokens, matches):
+    _child.add_is_dependent_on(_uploads_table)
 
 # Distinct matched records per pair of uploads, per side, written by the match job:
 # the summary report reads one row per cell instead of counting matches.

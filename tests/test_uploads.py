@@ -199,8 +199,17 @@ def test_duplicate_ref_across_chunks(client, tenants, pair):
         client.put(f"/v1/uploads/{up['id']}/chunks/0", content=c0, headers={**h, **CT}).status_code
         == 200
     )
+    # each chunk is checked on arrival; a ref repeated across chunks is found by the commit
     r = client.put(f"/v1/uploads/{up['id']}/chunks/1", content=c1, headers={**h, **CT})
-    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "ref"
+    assert r.status_code == 200
+    r = client.post(f"/v1/uploads/{up['id']}/commit", headers=h)
+    assert r.status_code == 422, r.text
+    err = r.json()["errors"][0]
+    assert err["field"] == "ref" and err["chunks"] == [0, 1]
+    assert "'same' appears in chunks 0 and 1" in r.json()["detail"]
+    got = client.get(f"/v1/uploads/{up['id']}", headers=h).json()
+    assert got["status"] == "staged"  # nothing was committed; abort and upload again
+    assert client.delete(f"/v1/uploads/{up['id']}", headers=h).status_code == 204
 
 
 def test_manifest_guards(client, tenants, pair, app):

@@ -30,6 +30,7 @@ from service.models import (
     match_counts,
     matches,
     records,
+    staged_tokens,
     tokens,
     utcnow,
 )
@@ -175,10 +176,14 @@ def get(
 def _staged(session: Session, caller: Principal, upload_id: uuid.UUID) -> Upload:
     up = get(session, caller, upload_id, for_update=True)
     if up.status != "staged":
-        raise errors.Conflict(
-            f"This upload is {up.status}; only a staged upload takes chunks or commits."
-        )
+        raise _not_staged(up.status)
     return up
+
+
+def _not_staged(status: str) -> errors.Conflict:
+    return errors.Conflict(
+        f"This upload is {status}; only a staged upload takes chunks or commits."
+    )
 
 
 def put_chunk(
@@ -192,8 +197,16 @@ def put_chunk(
     binary: bool = False,
 ) -> tuple[UploadChunk, bool]:
     """Store chunk `n` (NDJSON, or the binary format when `binary`); the same bytes again
-    are a no-op, different bytes a 409."""
-    up = _staged(session, caller, upload_id)
+    are a no-op, different bytes a 409.
+
+    Chunks of one upload may arrive concurrently (the SDK keeps two in flight). The
+    chunk is parsed before any row lock is taken; then the upload row is locked FOR
+    SHARE, which lets the chunks of one upload store side by side while a commit or
+    abort (FOR UPDATE) waits for them, and they for it. On SQLite every write
+    transaction is serial anyway (BEGIN IMMEDIATE)."""
+    up = get(session, caller, upload_id)
+    if up.status != "staged":
+        raise _not_staged(up.status)
     if not 0 <= n < up.chunk_count:
         raise errors.Unprocessable(
             f"chunk number {n} is outside 0..{up.chunk_count - 1} declared in the manifest",
@@ -216,26 +229,30 @@ def put_chunk(
         max_records=min(settings.max_chunk_records, ingest.CHUNK_SLOT),
         max_sealed_bytes=settings.max_sealed_bytes,
     )
-    chunk = UploadChunk(upload_num=up.num, n=n, sha256=digest, records=len(parsed.record_rows))
+    # the status may have changed while parsing (a commit or abort of another request)
+    locked = session.execute(
+        select(Upload.status).where(Upload.num == up.num).with_for_update(read=True)
+    ).scalar_one()
+    if locked != "staged":
+        raise _not_staged(locked)
+    chunk = UploadChunk(upload_num=up.num, n=n, sha256=digest, records=len(parsed))
     try:
         with session.begin_nested():
             session.add(chunk)
             session.flush()
             ingest.store(session, parsed)
     except (IntegrityError, psycopg.IntegrityError, sqlite3.IntegrityError):
-        # bulk writes go through the driver, which raises its own error class
+        # the chunk number raced an identical or different re-send (primary key of
+        # upload_chunks); bulk writes go through the driver, which has its own error class
         session.expire_all()
         again = session.get(UploadChunk, (up.num, n))
-        if again is not None and again.sha256 == digest:  # a concurrent identical re-send
+        if again is not None and again.sha256 == digest:
             return again, True
         if again is not None:
             raise errors.Conflict(
                 f"Chunk {n} was already received with different content."
             ) from None
-        raise errors.Unprocessable(
-            f"chunk {n} repeats a ref already sent in another chunk of this upload",
-            errors=[{"field": "ref", "in": "body", "message": "refs must be unique in an upload"}],
-        ) from None
+        raise
     return chunk, False
 
 
@@ -267,6 +284,7 @@ def _drop_data(session: Session, upload_num: int) -> None:
             delete(table).where(or_(table.c.a_upload == upload_num, table.c.b_upload == upload_num))
         )
     session.execute(delete(tokens).where(tokens.c.upload_num == upload_num))
+    session.execute(delete(staged_tokens).where(staged_tokens.c.upload_num == upload_num))
     session.execute(delete(records).where(records.c.upload_num == upload_num))
     session.execute(delete(UploadChunk).where(UploadChunk.upload_num == upload_num))
 
@@ -342,6 +360,8 @@ def commit(session: Session, settings: Settings, caller: Principal, upload_id: u
                 "confirm_shrink (CLI: --confirm-shrink).",
                 limit_fraction=settings.max_shrink_fraction,
             )
+    ingest.check_refs_unique(session, up.num, up.record_count)
+    ingest.publish_tokens(session, up.num, up.partnership_id)
     if prev is not None:
         prev.status, prev.ended_at = "superseded", now
         _drop_data(session, prev.num)
