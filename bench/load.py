@@ -516,6 +516,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", choices=sorted(MIX), help="drive one kind of request only")
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
     ap.add_argument("--profile", type=Path, help="py-spy record the server here (collapsed stacks)")
+    ap.add_argument(
+        "--profile-gil", action="store_true", help="with --profile: only the thread holding the GIL"
+    )
     args = ap.parse_args(argv)
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (Debian/Ubuntu: apt-get install wrk)")
@@ -545,7 +548,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.profile:
             spy = subprocess.Popen(
                 [str(BIN / "py-spy"), "record", "-p", str(srv.proc.pid), "-o", str(args.profile),
-                 "-d", str(int(args.duration)), "-r", "50", "--nonblocking", "-f", "raw"],
+                 "-d", str(int(args.duration)), "-r", "50", "--nonblocking", "-f", "raw",
+                 *(["--gil"] if args.profile_gil else [])],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
         print(f"[load] measuring for {args.duration:.0f}s …", file=sys.stderr)
