@@ -414,6 +414,33 @@ def write_lua(reqs: list[tuple], path: Path, seed_: int) -> None:
     path.write_text(LUA_TEMPLATE % (rows, seed_))
 
 
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time consumed so far by these processes (Linux /proc)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _backend_pids(url: str) -> list[int]:
+    """PostgreSQL backends serving the load database (the server's pooled connections)."""
+    if not url.startswith("postgresql"):
+        return []
+    import psycopg
+
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            (name,),
+        ).fetchall()
+    return [int(r[0]) for r in rows]
+
+
 def run_wrk(
     base: str, script: Path, duration: float, connections: int, threads: int
 ) -> dict[str, Any]:
@@ -553,7 +580,10 @@ def main(argv: list[str] | None = None) -> int:
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
         print(f"[load] measuring for {args.duration:.0f}s …", file=sys.stderr)
+        backends = _backend_pids(url)
+        cpu0 = _cpu_seconds([srv.proc.pid]), _cpu_seconds(backends), time.monotonic()
         result = run_wrk(srv.base, script, args.duration, args.connections, args.threads)
+        cpu1 = _cpu_seconds([srv.proc.pid]), _cpu_seconds(backends), time.monotonic()
         uploads.stop.set()
         uploads.join(120)
         if spy is not None:
@@ -579,6 +609,14 @@ def main(argv: list[str] | None = None) -> int:
             "p50_ms": round(_pct(up_ms, 50), 1),
             "p99_ms": round(_pct(up_ms, 99), 1),
         },
+        # CPU spent per read request (uploads included in the numerator): less sensitive
+        # to other work on a shared machine than the throughput is.
+        "cpu_ms_per_request": {
+            "server": round((cpu1[0] - cpu0[0]) * 1000 / max(1, result["requests"]), 2),
+            "postgresql": round((cpu1[1] - cpu0[1]) * 1000 / max(1, result["requests"]), 2),
+            "server_cores_busy": round((cpu1[0] - cpu0[0]) / (cpu1[2] - cpu0[2]), 2),
+            "postgresql_cores_busy": round((cpu1[1] - cpu0[1]) / (cpu1[2] - cpu0[2]), 2),
+        },
         "server_error_log_lines": len(errors_log),
         "server_alive": alive,
         "seed_seconds": round(seed_s, 1),
@@ -586,11 +624,12 @@ def main(argv: list[str] | None = None) -> int:
     total_errors = sum(result["errors"].values()) + len(uploads.errors) + len(errors_log)
     out["errors_total"] = total_errors
     print(json.dumps(out, indent=2))
-    lat = result["latency_ms"]
+    lat, cpu = result["latency_ms"], out["cpu_ms_per_request"]
     print(
         f"\n| {args.duration:.0f} s | {args.connections} conn | {result['rps']} req/s | "
         f"p50 {lat['p50']} ms | p95 {lat['p95']} ms | p99 {lat['p99']} ms | "
-        f"errors {total_errors} | uploads {uploads.done} |"
+        f"errors {total_errors} | uploads {uploads.done} | CPU per request: server "
+        f"{cpu['server']} ms, PostgreSQL {cpu['postgresql']} ms |"
     )
     if args.out:
         args.out.write_text(json.dumps(out, indent=2) + "\n")

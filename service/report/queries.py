@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, exists, select, tuple_
+from sqlalchemy import and_, exists, select, text, tuple_
 from sqlalchemy.orm import Session
 
 from service.models import match_counts, matches, records, tokens
@@ -149,12 +149,38 @@ def my_records_with_tokens(
     out: dict[tuple[int, bytes], list[tuple[int, int]]] = {w: [] for w in wanted}
     if not my_uploads or not wanted:
         return out
-    rows = session.execute(
-        select(tokens.c.kind, tokens.c.value, tokens.c.upload_num, tokens.c.seq).where(
-            tokens.c.upload_num.in_(my_uploads),
-            tuple_(tokens.c.kind, tokens.c.value).in_(list(wanted)),
-        )
-    ).all()
+    if session.get_bind().dialect.name == "postgresql":
+        # One index probe per (upload, token) whatever the planner believes: a freshly
+        # loaded list has no statistics yet, and with `(kind, value) IN (...)` the planner
+        # then read every token of the upload (13 ms for 50k records instead of 0.3 ms).
+        rows = session.execute(
+            _TOKENS_PG,
+            {
+                "uploads": list(my_uploads),
+                "kinds": [k for k, _ in wanted],
+                "values": [v for _, v in wanted],
+            },
+        ).all()
+    else:
+        rows = session.execute(
+            select(tokens.c.kind, tokens.c.value, tokens.c.upload_num, tokens.c.seq).where(
+                tokens.c.upload_num.in_(my_uploads),
+                tuple_(tokens.c.kind, tokens.c.value).in_(list(wanted)),
+            )
+        ).all()
     for kind, value, up, seq in rows:
         out.setdefault((int(kind), bytes(value)), []).append((int(up), int(seq)))
     return out
+
+
+_TOKENS_PG = text(
+    """
+    SELECT t.kind, t.value, t.upload_num, t.seq
+    FROM unnest(CAST(:uploads AS integer[])) AS u(num)
+    CROSS JOIN unnest(CAST(:kinds AS smallint[]), CAST(:values AS bytea[])) AS w(kind, value)
+    JOIN LATERAL (
+        SELECT kind, value, upload_num, seq FROM tokens
+        WHERE upload_num = u.num AND kind = w.kind AND value = w.value
+    ) AS t ON true
+    """
+)
