@@ -383,26 +383,22 @@ def overlaps(
         allowed = {x: e for x, e in allowed.items() if e.level >= Share.overlap}
         by_num = {ctx.theirs[x].num: x for x in allowed}
         start = after_seq if my_up.num == after_up else -1
-        seqs = queries.matched_mine(
-            session, ctx.sides, my_up.num, list(by_num), start, limit - len(items) + 1
-        )
-        more = len(seqs) > limit - len(items)
-        seqs = seqs[: limit - len(items)]
-        recs = queries.my_records(session, my_up.num, seqs)
-        found: dict[int, list[protocol.PartnerRecord]] = defaultdict(list)
-        for my_seq, their_num, ref, sealed in queries.partner_matches(
-            session, ctx.sides, my_up.num, seqs, list(by_num)
-        ):
-            x = by_num[their_num]
-            found[my_seq].append(_partner_record(ctx.theirs[x], x, allowed[x], ref, sealed))
-        for s in seqs:
-            ref, self_sealed = recs[s]
+        need = limit - len(items)
+        page = queries.overlap_page(session, ctx.sides, my_up.num, list(by_num), start, need + 1)
+        more = len(page) > need
+        page = page[:need]
+        for _, ref, self_sealed, matched in page:
+            partner = [
+                _partner_record(ctx.theirs[by_num[n]], by_num[n], allowed[by_num[n]], r, sealed)
+                for n, r, sealed in matched
+            ]
             items.append(
                 protocol.OverlapItem(
-                    ref=ref, population=y, self_sealed=_b64(self_sealed), partner=found[s]
+                    ref=ref, population=y, self_sealed=_b64(self_sealed), partner=partner
                 )
             )
-            released += len(found[s])
+            released += len(partner)
+        seqs = [p[0] for p in page]
         if more or len(items) >= limit:
             if seqs:
                 next_cursor = _next_cursor(my_up.num, seqs[-1])
@@ -495,16 +491,17 @@ def lookup(
     # What each of my lists may see of the partner's, and the partner records matched to
     # every found record of mine: one query per list of mine, not one per token.
     allowed_for: dict[int, dict[str, Effective]] = {}
-    matched: dict[tuple[int, int], list[tuple[int, str, bytes | None]]] = defaultdict(list)
     for up_num, y in by_upload.items():
         allowed = {x: ctx.eff(x, y) for x in ctx.theirs}
         allowed_for[up_num] = {x: e for x, e in allowed.items() if e.level >= Share.overlap}
-        seqs = sorted({seq for w in wanted for u, seq in found[w] if u == up_num})
-        their_nums = [ctx.theirs[x].num for x in allowed_for[up_num]]
-        for my_seq, their_num, ref, sealed in queries.partner_matches(
-            session, ctx.sides, up_num, seqs, their_nums
-        ):
-            matched[(up_num, my_seq)].append((their_num, ref, sealed))
+    matched: dict[tuple[int, int], list[tuple[int, str, bytes | None]]] = defaultdict(list)
+    for up_num, my_seq, their_num, ref, sealed in queries.partner_matches_many(
+        session,
+        ctx.sides,
+        sorted({rec for w in wanted for rec in found[w]}),
+        {u: [ctx.theirs[x].num for x in allowed_for[u]] for u in by_upload},
+    ):
+        matched[(up_num, my_seq)].append((their_num, ref, sealed))
     results: list[protocol.LookupResult] = []
     released = 0
     for t, w in zip(body.tokens, wanted, strict=True):
