@@ -12,7 +12,7 @@ import hmac
 import secrets
 import uuid
 import zlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated
@@ -125,10 +125,11 @@ def authenticate(
     return Principal(company=company, key=api_key)
 
 
-def require(role: Role) -> Callable[[Principal], Principal]:
-    """Dependency factory: the caller's key must have at least `role`."""
+def require(role: Role) -> Callable[[Principal], Awaitable[Principal]]:
+    """Dependency factory: the caller's key must have at least `role`. A coroutine (no
+    I/O here), so that FastAPI runs it inline rather than in the thread pool."""
 
-    def dependency(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
+    async def dependency(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
         if principal.role.rank < role.rank:
             raise errors.Forbidden(
                 f"This action needs the '{role.value}' role; your key has "

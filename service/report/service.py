@@ -122,7 +122,7 @@ def _current_version(owner: Any) -> Any:
 # The partnership (tenant-scoped by PartnershipRepository's own filter, on a bound
 # parameter so that the statement is built and compiled once), both current policy
 # versions and both sides' committed lists: one round trip per report.
-_CONTEXT = (
+_CONTEXT = queries.Compiled(
     select(
         Partnership.status,
         Partnership.inviter_id,
@@ -194,7 +194,7 @@ def context(session: Session, caller: Principal, pid: uuid.UUID) -> Context:
     """Read without locks: reports of one partnership run concurrently; only the release
     step at the end (`_release`) is serialised."""
     me = caller.company_id
-    rows = session.execute(_CONTEXT, {"pid": pid, "me": me}).all()
+    rows = _CONTEXT.rows(session, {"pid": pid, "me": me})
     if not rows:
         raise errors.NotFound(f"{partnerships.PartnershipRepository.not_found}: {pid}")
     status, inviter, invitee, v_inviter, v_invitee = rows[0][:5]
