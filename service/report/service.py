@@ -24,6 +24,7 @@ from service.models import Company, Partnership, Population, Upload, utcnow
 from service.models import Policy as PolicyRow
 from service.partnership import service as partnerships
 from service.report import queries
+from service.repository import Compiled
 from service.upload.ingest import KIND_CODES
 
 
@@ -122,7 +123,7 @@ def _current_version(owner: Any) -> Any:
 # The partnership (tenant-scoped by PartnershipRepository's own filter, on a bound
 # parameter so that the statement is built and compiled once), both current policy
 # versions and both sides' committed lists: one round trip per report.
-_CONTEXT = queries.Compiled(
+_CONTEXT = Compiled(
     select(
         Partnership.status,
         Partnership.inviter_id,
@@ -321,19 +322,28 @@ def _partner_record(
     up: Listed, pop: str, eff: Effective, ref: str, sealed: bytes | None
 ) -> protocol.PartnerRecord:
     """A partner record as released: the payload only if every field sealed in it is
-    still allowed (DESIGN §5: withheld until the owner re-syncs)."""
+    still allowed (DESIGN §5: withheld until the owner re-syncs). Built without
+    validation (`model_construct`): every value is already of its field's type, and an
+    overlaps page holds hundreds of these."""
     if sealed is None or not up.sealed_fields:
-        return protocol.PartnerRecord(population=pop, ref=ref)
+        return _record(pop, ref, None, [], None)
     dropped = [f for f in up.sealed_fields if f not in eff.fields]
     if dropped:
-        return protocol.PartnerRecord(
-            population=pop,
-            ref=ref,
-            withheld=f"the partner's policy no longer releases {dropped}; "
-            "withheld until it re-syncs",
+        return _record(
+            pop,
+            ref,
+            None,
+            [],
+            f"the partner's policy no longer releases {dropped}; withheld until it re-syncs",
         )
-    return protocol.PartnerRecord(
-        population=pop, ref=ref, sealed=_b64(sealed), fields=list(up.sealed_fields)
+    return _record(pop, ref, _b64(sealed), list(up.sealed_fields), None)
+
+
+def _record(
+    population: str, ref: str, sealed: str | None, fields: list[str], withheld: str | None
+) -> protocol.PartnerRecord:
+    return protocol.PartnerRecord.model_construct(
+        population=population, ref=ref, sealed=sealed, fields=fields, withheld=withheld
     )
 
 
@@ -393,7 +403,7 @@ def overlaps(
                 for n, r, sealed in matched
             ]
             items.append(
-                protocol.OverlapItem(
+                protocol.OverlapItem.model_construct(
                     ref=ref, population=y, self_sealed=_b64(self_sealed), partner=partner
                 )
             )
