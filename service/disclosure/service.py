@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import psycopg
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -156,9 +157,9 @@ class Release:
 # next one (READ COMMITTED: a fresh snapshot per statement) sees every release committed
 # before the lock was granted; that statement re-checks status and both policy versions,
 # sums the budget, charges it, and appends the entry with its hash computed in SQL from
-# the head it reads; then COMMIT. The three are sent as one psycopg pipeline, so the lock
-# is held for the server's execution time only, never across a client round trip (where
-# a Python thread waiting for the GIL would hold up every other release).
+# the head it reads; then COMMIT. The three are sent as one message, so the lock is held
+# for the server's execution time only, never across a client round trip (where a Python
+# thread waiting for the GIL would hold up every other release).
 _LOCK_SQL = "SELECT 1 FROM partnerships WHERE id = %(pid)s FOR UPDATE"
 _RELEASE_SQL = """
 WITH head AS (
@@ -311,10 +312,11 @@ def _release_pg(session: Session, r: Release, budget: int) -> tuple[Any, ...]:
         "part1": part1,
         "part2": part2,
     }
-    with raw.pipeline(), raw.cursor() as lock, raw.cursor() as cur:
-        lock.execute(_LOCK_SQL, {"pid": r.partnership_id})
-        cur.execute(_RELEASE_SQL, params)
-        raw.commit()
+    # Client-side binding (psycopg quotes every value) lets the three statements go as
+    # one simple-protocol message; cheaper in the client than a psycopg pipeline.
+    with psycopg.ClientCursor(raw) as cur:
+        cur.execute(_LOCK_SQL + ";\n" + _RELEASE_SQL + ";\nCOMMIT", params)
+        cur.nextset()
         row = cur.fetchone()
     assert row is not None
     status, viewer_v, owner_v, spent, oldest, seq = row

@@ -318,33 +318,47 @@ def summary(
 
 
 # -- partner records ----------------------------------------------------------------------
+class _Releaser:
+    """Builds the partner records released from one partner list under one effective
+    policy: the payload only if every field sealed in it is still allowed (DESIGN §5:
+    withheld until the owner re-syncs). The decision is the same for every record of the
+    list, so it is taken once; records are built without re-validation
+    (`model_construct`: every value already has its field's type), since an overlaps page
+    holds hundreds of them."""
+
+    __slots__ = ("fields", "pop", "withheld")
+
+    def __init__(self, up: Listed, pop: str, eff: Effective) -> None:
+        self.pop = pop
+        self.fields = list(up.sealed_fields)
+        dropped = [f for f in up.sealed_fields if f not in eff.fields]
+        self.withheld = (
+            f"the partner's policy no longer releases {dropped}; withheld until it re-syncs"
+            if dropped
+            else None
+        )
+
+    def record(self, ref: str, sealed: bytes | None) -> protocol.PartnerRecord:
+        build = protocol.PartnerRecord.model_construct
+        if sealed is None or not self.fields:
+            return build(population=self.pop, ref=ref, sealed=None, fields=[], withheld=None)
+        if self.withheld is not None:
+            return build(
+                population=self.pop, ref=ref, sealed=None, fields=[], withheld=self.withheld
+            )
+        return build(
+            population=self.pop,
+            ref=ref,
+            sealed=_b64(sealed),
+            fields=list(self.fields),
+            withheld=None,
+        )
+
+
 def _partner_record(
     up: Listed, pop: str, eff: Effective, ref: str, sealed: bytes | None
 ) -> protocol.PartnerRecord:
-    """A partner record as released: the payload only if every field sealed in it is
-    still allowed (DESIGN §5: withheld until the owner re-syncs). Built without
-    validation (`model_construct`): every value is already of its field's type, and an
-    overlaps page holds hundreds of these."""
-    if sealed is None or not up.sealed_fields:
-        return _record(pop, ref, None, [], None)
-    dropped = [f for f in up.sealed_fields if f not in eff.fields]
-    if dropped:
-        return _record(
-            pop,
-            ref,
-            None,
-            [],
-            f"the partner's policy no longer releases {dropped}; withheld until it re-syncs",
-        )
-    return _record(pop, ref, _b64(sealed), list(up.sealed_fields), None)
-
-
-def _record(
-    population: str, ref: str, sealed: str | None, fields: list[str], withheld: str | None
-) -> protocol.PartnerRecord:
-    return protocol.PartnerRecord.model_construct(
-        population=population, ref=ref, sealed=sealed, fields=fields, withheld=withheld
-    )
+    return _Releaser(up, pop, eff).record(ref, sealed)
 
 
 def _cursor(cursor: str | None) -> tuple[int, int]:
@@ -397,11 +411,9 @@ def overlaps(
         page = queries.overlap_page(session, ctx.sides, my_up.num, list(by_num), start, need + 1)
         more = len(page) > need
         page = page[:need]
+        releasers = {n: _Releaser(ctx.theirs[x], x, allowed[x]) for n, x in by_num.items()}
         for _, ref, self_sealed, matched in page:
-            partner = [
-                _partner_record(ctx.theirs[by_num[n]], by_num[n], allowed[by_num[n]], r, sealed)
-                for n, r, sealed in matched
-            ]
+            partner = [releasers[n].record(r, sealed) for n, r, sealed in matched]
             items.append(
                 protocol.OverlapItem.model_construct(
                     ref=ref, population=y, self_sealed=_b64(self_sealed), partner=partner
