@@ -178,3 +178,43 @@ def test_a_policy_change_during_a_report_is_a_conflict(client, tenants, mapped, 
         s.rollback()
     log = _log(client, a, mapped)
     assert log == [] or all(e["report"] != "overlaps" for e in log)
+
+
+def test_overlaps_body_is_exactly_the_models_json(client, tenants, mapped, app):  # noqa: F811
+    """The overlaps page is built as JSON without pydantic (service.report.overlaps): it
+    must be what protocol.OverlapPage would have produced, field for field and in order."""
+    from blindmap import protocol
+
+    url = f"/v1/partnerships/{mapped}/reports/overlaps"
+    bodies = [client.get(url, params={"limit": 7}, headers=tenants.a.headers()).json()]
+    bodies.append(
+        client.get(
+            url,
+            params={"limit": 7, "cursor": bodies[0]["next_cursor"]},
+            headers=tenants.a.headers(),
+        ).json()
+    )
+    _policy(  # B drops a sealed field: the records turn into "withheld" ones
+        client,
+        tenants.b,
+        mapped,
+        {"default": "hidden", "populations": {"customers": {"share": "full", "fields": ["name"]}}},
+    )
+    bodies.append(client.get(url, params={"limit": 7}, headers=tenants.a.headers()).json())
+    bodies.append(client.get(url, headers=tenants.b.headers()).json())
+    for body in bodies:
+        model = protocol.OverlapPage.model_validate(body)
+        assert model.model_dump(mode="json") == body
+        assert list(body) == list(protocol.OverlapPage.model_fields)
+        for item in body["items"]:
+            assert list(item) == list(protocol.OverlapItem.model_fields)
+            for rec in item["partner"]:
+                assert list(rec) == list(protocol.PartnerRecord.model_fields)
+    assert bodies[0]["items"][0]["partner"][0]["sealed"]
+    assert bodies[2]["items"][0]["partner"][0]["withheld"]
+    assert bodies[3]["items"]
+    schema = client.get("/openapi.json").json()
+    ok = schema["paths"]["/v1/partnerships/{partnership_id}/reports/overlaps"]["get"]
+    assert ok["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/OverlapPage"
+    }

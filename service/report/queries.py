@@ -133,8 +133,14 @@ def _overlap_page_sql(mine: str, theirs: str) -> Any:
                their.partner_sealed
         FROM page
         JOIN records AS mine ON mine.upload_num = :my_upload AND mine.seq = page.seq
-        JOIN matches AS m ON m.{mine}_upload = :my_upload AND m.{mine}_seq = page.seq
-             AND m.{theirs}_upload = ANY(CAST(:their_uploads AS integer[]))
+        -- a parameterised index probe per record of the page (OFFSET 0 keeps the
+        -- planner from flattening it into a hash join over all the list's matches)
+        CROSS JOIN LATERAL (
+            SELECT {theirs}_upload, {theirs}_seq FROM matches
+            WHERE {mine}_upload = :my_upload AND {mine}_seq = page.seq
+              AND {theirs}_upload = ANY(CAST(:their_uploads AS integer[]))
+            OFFSET 0
+        ) AS m
         JOIN records AS their ON their.upload_num = m.{theirs}_upload
              AND their.seq = m.{theirs}_seq
         ORDER BY page.seq, m.{theirs}_upload, their.seq

@@ -10,7 +10,8 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+import orjson
+from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from blindmap import protocol
@@ -43,9 +44,10 @@ async def overlaps_report(
     theirs: str | None = None,
     cursor: str | None = None,
     limit: Limit = 100,
-) -> protocol.OverlapPage:
+) -> Response:
     """My matched records with the partner's populations and released sealed fields."""
-    return await run_in_threadpool(
+    # The service builds the page as protocol.OverlapPage's JSON shape (see there).
+    page = await run_in_threadpool(
         service.overlaps,
         session,
         request.app.state.settings,
@@ -56,6 +58,7 @@ async def overlaps_report(
         cursor=cursor,
         limit=limit,
     )
+    return Response(orjson.dumps(page), media_type="application/json")
 
 
 @router.get("/reports/white-space", response_model=protocol.WhiteSpacePage)
