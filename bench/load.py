@@ -46,7 +46,7 @@ import tempfile
 import threading
 import time
 import uuid
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,7 +156,8 @@ def make_companies(url: str) -> tuple[Company, Company]:
 
 # -- the server -------------------------------------------------------------------------------
 class Server:
-    def __init__(self, url: str, log: Path) -> None:
+    def __init__(self, url: str, log: Path, workers: int = 1) -> None:
+        self.workers = workers
         self.port = _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = log
@@ -173,7 +174,10 @@ class Server:
     def __enter__(self) -> Server:
         self._err = self.log.open("wb")
         self.proc = subprocess.Popen(
-            [str(BIN / "blindmap-server"), "serve", "--port", str(self.port), "--no-migrate"],
+            [
+                *(str(BIN / "blindmap-server"), "serve", "--port", str(self.port)),
+                *("--no-migrate", "--workers", str(self.workers)),
+            ],
             env=self.env,
             stdout=subprocess.DEVNULL,
             stderr=self._err,
@@ -426,6 +430,17 @@ def _cpu_seconds(pids: list[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def _process_tree(pid: int) -> list[int]:
+    """The process and its descendants (uvicorn's workers when --workers > 1)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        with suppress(OSError):
+            todo += [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
+    return out
+
+
 def _backend_pids(url: str) -> list[int]:
     """PostgreSQL backends serving the load database (the server's pooled connections)."""
     if not url.startswith("postgresql"):
@@ -539,6 +554,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="wrk threads")
     ap.add_argument("--upload-every", type=float, default=2.0, help="seconds between uploads")
     ap.add_argument("--db", choices=("postgresql", "sqlite"), default="postgresql")
+    ap.add_argument(
+        "--workers", type=int, default=1, help="uvicorn worker processes (the target is for 1)"
+    )
     ap.add_argument("--seed", type=int, default=20261123)
     ap.add_argument("--only", choices=sorted(MIX), help="drive one kind of request only")
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
@@ -558,7 +576,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[load] database: {args.db}", file=sys.stderr)
         url = make_database(args.db, stack)
         a, b = make_companies(url)
-        srv = stack.enter_context(Server(url, tmp / "server.log"))
+        srv = stack.enter_context(Server(url, tmp / "server.log", args.workers))
         t0 = time.monotonic()
         print(f"[load] seeding {args.accounts} accounts per company …", file=sys.stderr)
         pid = seed(srv.base, a, b, args.accounts, args.overlap, args.seed)
@@ -581,9 +599,10 @@ def main(argv: list[str] | None = None) -> int:
             )  # fmt: skip
         print(f"[load] measuring for {args.duration:.0f}s …", file=sys.stderr)
         backends = _backend_pids(url)
-        cpu0 = _cpu_seconds([srv.proc.pid]), _cpu_seconds(backends), time.monotonic()
+        server_pids = _process_tree(srv.proc.pid)
+        cpu0 = _cpu_seconds(server_pids), _cpu_seconds(backends), time.monotonic()
         result = run_wrk(srv.base, script, args.duration, args.connections, args.threads)
-        cpu1 = _cpu_seconds([srv.proc.pid]), _cpu_seconds(backends), time.monotonic()
+        cpu1 = _cpu_seconds(server_pids), _cpu_seconds(backends), time.monotonic()
         uploads.stop.set()
         uploads.join(120)
         if spy is not None:
@@ -600,6 +619,7 @@ def main(argv: list[str] | None = None) -> int:
         "overlap": args.overlap,
         "mix_percent": MIX,
         "connections": args.connections,
+        "workers": args.workers,
         "read_mix": {k: v for k, v in result.items() if k != "wrk_stdout"},
         "small_uploads": {
             "completed": uploads.done,
