@@ -46,7 +46,7 @@ import tempfile
 import threading
 import time
 import uuid
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,7 +156,8 @@ def make_companies(url: str) -> tuple[Company, Company]:
 
 # -- the server -------------------------------------------------------------------------------
 class Server:
-    def __init__(self, url: str, log: Path) -> None:
+    def __init__(self, url: str, log: Path, workers: int = 1) -> None:
+        self.workers = workers
         self.port = _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = log
@@ -173,7 +174,10 @@ class Server:
     def __enter__(self) -> Server:
         self._err = self.log.open("wb")
         self.proc = subprocess.Popen(
-            [str(BIN / "blindmap-server"), "serve", "--port", str(self.port), "--no-migrate"],
+            [
+                *(str(BIN / "blindmap-server"), "serve", "--port", str(self.port)),
+                *("--no-migrate", "--workers", str(self.workers)),
+            ],
             env=self.env,
             stdout=subprocess.DEVNULL,
             stderr=self._err,
@@ -414,6 +418,44 @@ def write_lua(reqs: list[tuple], path: Path, seed_: int) -> None:
     path.write_text(LUA_TEMPLATE % (rows, seed_))
 
 
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time consumed so far by these processes (Linux /proc)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _process_tree(pid: int) -> list[int]:
+    """The process and its descendants (uvicorn's workers when --workers > 1)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        with suppress(OSError):
+            todo += [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
+    return out
+
+
+def _backend_pids(url: str) -> list[int]:
+    """PostgreSQL backends serving the load database (the server's pooled connections)."""
+    if not url.startswith("postgresql"):
+        return []
+    import psycopg
+
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            (name,),
+        ).fetchall()
+    return [int(r[0]) for r in rows]
+
+
 def run_wrk(
     base: str, script: Path, duration: float, connections: int, threads: int
 ) -> dict[str, Any]:
@@ -512,10 +554,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="wrk threads")
     ap.add_argument("--upload-every", type=float, default=2.0, help="seconds between uploads")
     ap.add_argument("--db", choices=("postgresql", "sqlite"), default="postgresql")
+    ap.add_argument(
+        "--workers", type=int, default=1, help="uvicorn worker processes (the target is for 1)"
+    )
     ap.add_argument("--seed", type=int, default=20261123)
     ap.add_argument("--only", choices=sorted(MIX), help="drive one kind of request only")
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
     ap.add_argument("--profile", type=Path, help="py-spy record the server here (collapsed stacks)")
+    ap.add_argument(
+        "--profile-gil", action="store_true", help="with --profile: only the thread holding the GIL"
+    )
     args = ap.parse_args(argv)
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (Debian/Ubuntu: apt-get install wrk)")
@@ -528,7 +576,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[load] database: {args.db}", file=sys.stderr)
         url = make_database(args.db, stack)
         a, b = make_companies(url)
-        srv = stack.enter_context(Server(url, tmp / "server.log"))
+        srv = stack.enter_context(Server(url, tmp / "server.log", args.workers))
         t0 = time.monotonic()
         print(f"[load] seeding {args.accounts} accounts per company …", file=sys.stderr)
         pid = seed(srv.base, a, b, args.accounts, args.overlap, args.seed)
@@ -545,11 +593,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.profile:
             spy = subprocess.Popen(
                 [str(BIN / "py-spy"), "record", "-p", str(srv.proc.pid), "-o", str(args.profile),
-                 "-d", str(int(args.duration)), "-r", "50", "--nonblocking", "-f", "raw"],
+                 "-d", str(int(args.duration)), "-r", "50", "--nonblocking", "-f", "raw",
+                 *(["--gil"] if args.profile_gil else [])],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
         print(f"[load] measuring for {args.duration:.0f}s …", file=sys.stderr)
+        backends = _backend_pids(url)
+        server_pids = _process_tree(srv.proc.pid)
+        cpu0 = _cpu_seconds(server_pids), _cpu_seconds(backends), time.monotonic()
         result = run_wrk(srv.base, script, args.duration, args.connections, args.threads)
+        cpu1 = _cpu_seconds(server_pids), _cpu_seconds(backends), time.monotonic()
         uploads.stop.set()
         uploads.join(120)
         if spy is not None:
@@ -566,6 +619,7 @@ def main(argv: list[str] | None = None) -> int:
         "overlap": args.overlap,
         "mix_percent": MIX,
         "connections": args.connections,
+        "workers": args.workers,
         "read_mix": {k: v for k, v in result.items() if k != "wrk_stdout"},
         "small_uploads": {
             "completed": uploads.done,
@@ -575,6 +629,14 @@ def main(argv: list[str] | None = None) -> int:
             "p50_ms": round(_pct(up_ms, 50), 1),
             "p99_ms": round(_pct(up_ms, 99), 1),
         },
+        # CPU spent per read request (uploads included in the numerator): less sensitive
+        # to other work on a shared machine than the throughput is.
+        "cpu_ms_per_request": {
+            "server": round((cpu1[0] - cpu0[0]) * 1000 / max(1, result["requests"]), 2),
+            "postgresql": round((cpu1[1] - cpu0[1]) * 1000 / max(1, result["requests"]), 2),
+            "server_cores_busy": round((cpu1[0] - cpu0[0]) / (cpu1[2] - cpu0[2]), 2),
+            "postgresql_cores_busy": round((cpu1[1] - cpu0[1]) / (cpu1[2] - cpu0[2]), 2),
+        },
         "server_error_log_lines": len(errors_log),
         "server_alive": alive,
         "seed_seconds": round(seed_s, 1),
@@ -582,11 +644,12 @@ def main(argv: list[str] | None = None) -> int:
     total_errors = sum(result["errors"].values()) + len(uploads.errors) + len(errors_log)
     out["errors_total"] = total_errors
     print(json.dumps(out, indent=2))
-    lat = result["latency_ms"]
+    lat, cpu = result["latency_ms"], out["cpu_ms_per_request"]
     print(
         f"\n| {args.duration:.0f} s | {args.connections} conn | {result['rps']} req/s | "
         f"p50 {lat['p50']} ms | p95 {lat['p95']} ms | p99 {lat['p99']} ms | "
-        f"errors {total_errors} | uploads {uploads.done} |"
+        f"errors {total_errors} | uploads {uploads.done} | CPU per request: server "
+        f"{cpu['server']} ms, PostgreSQL {cpu['postgresql']} ms |"
     )
     if args.out:
         args.out.write_text(json.dumps(out, indent=2) + "\n")

@@ -12,19 +12,20 @@ import hmac
 import secrets
 import uuid
 import zlib
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import select
+from sqlalchemy import bindparam, select, update
+from sqlalchemy.orm import Session
 
 from blindmap.protocol import Role
 from service import errors
 from service.db import SessionDep
 from service.models import ApiKey, Company, utcnow
+from service.repository import Compiled
 
 KEY_PREFIX = "bmk_"
 _ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -74,20 +75,37 @@ def display_prefix(key: str) -> str:
     return key[:DISPLAY_PREFIX_LEN]
 
 
-@dataclass(frozen=True)
 class Principal:
-    """Who is calling: the company and the key, resolved once per request."""
+    """Who is calling: the company and the key, resolved once per request. The ORM rows
+    are loaded only by the routes that use them (`company`, `key`); reports need the ids
+    and the role only."""
 
-    company: Company
-    key: ApiKey
+    __slots__ = ("_session", "company_id", "key_id", "prefix", "role")
+
+    def __init__(
+        self, session: Session, *, company_id: uuid.UUID, key_id: uuid.UUID, role: Role, prefix: str
+    ) -> None:
+        self._session = session
+        self.company_id = company_id
+        self.key_id = key_id
+        self.role = role
+        self.prefix = prefix
 
     @property
-    def company_id(self) -> uuid.UUID:
-        return self.company.id
+    def company(self) -> Company:
+        return self._session.get_one(Company, self.company_id)
 
     @property
-    def role(self) -> Role:
-        return Role(self.key.role)
+    def key(self) -> ApiKey:
+        return self._session.get_one(ApiKey, self.key_id)
+
+
+# Compiled once; one indexed read per request (revocation takes effect at once).
+_KEY_BY_HASH = Compiled(
+    select(ApiKey.id, ApiKey.company_id, ApiKey.role, ApiKey.prefix, ApiKey.last_used_at).where(
+        ApiKey.secret_hash == bindparam("digest"), ApiKey.revoked_at.is_(None)
+    )
+)
 
 
 # Declares the scheme in the OpenAPI document (every authenticated operation lists it);
@@ -110,25 +128,22 @@ def authenticate(
     if scheme.lower() != "bearer" or not well_formed(key):
         raise errors.Unauthenticated(_UNAUTHENTICATED, headers={"WWW-Authenticate": "Bearer"})
     digest = hash_key(request.app.state.settings.hmac_secret, key)
-    row = session.execute(
-        select(ApiKey, Company)
-        .join(Company, Company.id == ApiKey.company_id)
-        .where(ApiKey.secret_hash == digest, ApiKey.revoked_at.is_(None))
-    ).first()
-    if row is None:
+    rows = _KEY_BY_HASH.rows(session, {"digest": digest})
+    if not rows:
         raise errors.Unauthenticated(_UNAUTHENTICATED, headers={"WWW-Authenticate": "Bearer"})
-    api_key, company = row[0], row[1]
+    key_id, company_id, role, prefix, last_used_at = rows[0]
     now = utcnow()
-    if api_key.last_used_at is None or now - api_key.last_used_at > _LAST_USED_GRANULARITY:
-        api_key.last_used_at = now
-    request.state.key_prefix = api_key.prefix  # for the access log; never the key itself
-    return Principal(company=company, key=api_key)
+    if last_used_at is None or now - last_used_at > _LAST_USED_GRANULARITY:
+        session.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=now))
+    request.state.key_prefix = prefix  # for the access log; never the key itself
+    return Principal(session, company_id=company_id, key_id=key_id, role=Role(role), prefix=prefix)
 
 
-def require(role: Role) -> Callable[[Principal], Principal]:
-    """Dependency factory: the caller's key must have at least `role`."""
+def require(role: Role) -> Callable[[Principal], Awaitable[Principal]]:
+    """Dependency factory: the caller's key must have at least `role`. A coroutine (no
+    I/O here), so that FastAPI runs it inline rather than in the thread pool."""
 
-    def dependency(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
+    async def dependency(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
         if principal.role.rank < role.rank:
             raise errors.Forbidden(
                 f"This action needs the '{role.value}' role; your key has "

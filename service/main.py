@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -196,6 +197,9 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(InterfaceError)
+    # the hot report reads and the release run on the psycopg connection directly
+    @app.exception_handler(psycopg.OperationalError)
+    @app.exception_handler(psycopg.InterfaceError)
     async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
         # The database went away mid-request (restart, failover). The unit of work rolled
         # back whole, so a retry is safe: 503 + Retry-After, which the SDK retries.

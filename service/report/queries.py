@@ -8,10 +8,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, exists, select, tuple_
+from sqlalchemy import and_, bindparam, exists, select, text, tuple_
 from sqlalchemy.orm import Session
 
 from service.models import match_counts, matches, records, tokens
+from service.repository import Compiled
 
 
 @dataclass(frozen=True)
@@ -37,17 +38,20 @@ class Sides:
         return matches.c.b_seq if self.mine_is_a else matches.c.a_seq
 
 
+_MATCHED_COUNTS = Compiled(
+    select(
+        match_counts.c.a_upload,
+        match_counts.c.b_upload,
+        match_counts.c.a_records,
+        match_counts.c.b_records,
+    ).where(match_counts.c.partnership_id == bindparam("pid"))
+)
+
+
 def matched_counts(session: Session, sides: Sides, pid: uuid.UUID) -> dict[tuple[int, int], int]:
     """(my upload, their upload) -> distinct records of mine that match, for the whole
     partnership in one read (precomputed by the match job; absent until it has run)."""
-    rows = session.execute(
-        select(
-            match_counts.c.a_upload,
-            match_counts.c.b_upload,
-            match_counts.c.a_records,
-            match_counts.c.b_records,
-        ).where(match_counts.c.partnership_id == pid)
-    ).all()
+    rows = _MATCHED_COUNTS.rows(session, {"pid": pid})
     if sides.mine_is_a:
         return {(a, b): int(na) for a, b, na, _ in rows}
     return {(b, a): int(nb) for a, b, _, nb in rows}
@@ -115,6 +119,146 @@ def partner_matches(
     return [(int(a), int(b), ref, bytes(p) if p is not None else None) for a, b, ref, p in rows]
 
 
+def _overlap_page_sql(mine: str, theirs: str) -> Any:
+    return text(
+        f"""
+        WITH page AS (
+            SELECT DISTINCT {mine}_seq AS seq FROM matches
+            WHERE {mine}_upload = :my_upload
+              AND {theirs}_upload = ANY(CAST(:their_uploads AS integer[]))
+              AND {mine}_seq > :after_seq
+            ORDER BY 1 LIMIT :limit
+        )
+        SELECT page.seq, mine.ref, mine.self_sealed, m.{theirs}_upload, their.ref,
+               their.partner_sealed
+        FROM page
+        JOIN records AS mine ON mine.upload_num = :my_upload AND mine.seq = page.seq
+        -- a parameterised index probe per record of the page (OFFSET 0 keeps the
+        -- planner from flattening it into a hash join over all the list's matches)
+        CROSS JOIN LATERAL (
+            SELECT {theirs}_upload, {theirs}_seq FROM matches
+            WHERE {mine}_upload = :my_upload AND {mine}_seq = page.seq
+              AND {theirs}_upload = ANY(CAST(:their_uploads AS integer[]))
+            OFFSET 0
+        ) AS m
+        JOIN records AS their ON their.upload_num = m.{theirs}_upload
+             AND their.seq = m.{theirs}_seq
+        ORDER BY page.seq, m.{theirs}_upload, their.seq
+        """  # noqa: S608 (the two names are the literals "a" and "b")
+    )
+
+
+_OVERLAP_PAGE_PG = {
+    True: Compiled(_overlap_page_sql("a", "b")),
+    False: Compiled(_overlap_page_sql("b", "a")),
+}
+
+# (my seq, my ref, my self-sealed, [(their upload, their ref, their partner-sealed), ...])
+OverlapRow = tuple[int, str, bytes, list[tuple[int, str, bytes | None]]]
+
+
+def overlap_page(
+    session: Session,
+    sides: Sides,
+    my_upload: int,
+    their_uploads: Sequence[int],
+    after_seq: int,
+    limit: int,
+) -> list[OverlapRow]:
+    """Up to `limit` records of mine in `my_upload` after `after_seq` that match any of
+    `their_uploads`, ascending, each with its matched partner records: one round trip on
+    PostgreSQL (page, my records and the partner's in one statement)."""
+    if not their_uploads:
+        return []
+    if session.get_bind().dialect.name != "postgresql":
+        seqs = matched_mine(session, sides, my_upload, their_uploads, after_seq, limit)
+        recs = my_records(session, my_upload, seqs)
+        found: dict[int, list[tuple[int, str, bytes | None]]] = {s: [] for s in seqs}
+        for my_seq, their_num, ref, sealed in partner_matches(
+            session, sides, my_upload, seqs, their_uploads
+        ):
+            found[my_seq].append((their_num, ref, sealed))
+        return [(s, recs[s][0], recs[s][1], found[s]) for s in seqs]
+    rows = _OVERLAP_PAGE_PG[sides.mine_is_a].rows(
+        session,
+        {
+            "my_upload": my_upload,
+            "their_uploads": list(their_uploads),
+            "after_seq": after_seq,
+            "limit": limit,
+        },
+    )
+    out: list[OverlapRow] = []
+    for seq, ref, self_sealed, their_num, their_ref, sealed in rows:
+        if not out or out[-1][0] != seq:
+            out.append((int(seq), ref, bytes(self_sealed), []))
+        out[-1][3].append(
+            (int(their_num), their_ref, bytes(sealed) if sealed is not None else None)
+        )
+    return out
+
+
+def _partner_matches_many_sql(mine: str, theirs: str) -> Any:
+    return text(
+        f"""
+        SELECT m.{mine}_upload, m.{mine}_seq, m.{theirs}_upload, their.ref, their.partner_sealed
+        FROM unnest(CAST(:my_uploads AS integer[]), CAST(:my_seqs AS bigint[])) AS f(up, seq)
+        JOIN matches AS m ON m.{mine}_upload = f.up AND m.{mine}_seq = f.seq
+        JOIN unnest(CAST(:ok_mine AS integer[]), CAST(:ok_theirs AS integer[]))
+             AS ok(mine, theirs)
+             ON ok.mine = m.{mine}_upload AND ok.theirs = m.{theirs}_upload
+        JOIN records AS their ON their.upload_num = m.{theirs}_upload
+             AND their.seq = m.{theirs}_seq
+        ORDER BY 1, 2, 3, their.seq
+        """  # noqa: S608 (the two names are the literals "a" and "b")
+    )
+
+
+_PARTNER_MATCHES_MANY_PG = {
+    True: Compiled(_partner_matches_many_sql("a", "b")),
+    False: Compiled(_partner_matches_many_sql("b", "a")),
+}
+
+
+def partner_matches_many(
+    session: Session,
+    sides: Sides,
+    mine: Sequence[tuple[int, int]],
+    allowed: dict[int, Sequence[int]],
+) -> list[tuple[int, int, int, str, bytes | None]]:
+    """(my upload, my seq, their upload, their ref, their partner-sealed) for the given
+    records of mine, against the partner lists each of my lists may see (`allowed`: my
+    upload -> their uploads): one round trip on PostgreSQL, one per list of mine elsewhere."""
+    mine = [(u, s) for u, s in mine if allowed.get(u)]
+    if not mine:
+        return []
+    if session.get_bind().dialect.name != "postgresql":
+        out = []
+        for up in sorted({u for u, _ in mine}):
+            seqs = sorted({s for u, s in mine if u == up})
+            out += [
+                (up, my_seq, their_num, ref, sealed)
+                for my_seq, their_num, ref, sealed in partner_matches(
+                    session, sides, up, seqs, allowed[up]
+                )
+            ]
+        return out
+    pairs = [(u, t) for u, ts in allowed.items() for t in ts]
+    rows = _PARTNER_MATCHES_MANY_PG[sides.mine_is_a].rows(
+        session,
+        {
+            "my_uploads": [u for u, _ in mine],
+            "my_seqs": [s for _, s in mine],
+            "ok_mine": [u for u, _ in pairs],
+            "ok_theirs": [t for _, t in pairs],
+        },
+    )
+    return [
+        (int(u), int(s), int(t), ref, bytes(p) if p is not None else None)
+        for u, s, t, ref, p in rows
+    ]
+
+
 def unmatched_theirs(
     session: Session,
     sides: Sides,
@@ -149,12 +293,40 @@ def my_records_with_tokens(
     out: dict[tuple[int, bytes], list[tuple[int, int]]] = {w: [] for w in wanted}
     if not my_uploads or not wanted:
         return out
-    rows = session.execute(
-        select(tokens.c.kind, tokens.c.value, tokens.c.upload_num, tokens.c.seq).where(
-            tokens.c.upload_num.in_(my_uploads),
-            tuple_(tokens.c.kind, tokens.c.value).in_(list(wanted)),
+    if session.get_bind().dialect.name == "postgresql":
+        # One index probe per (upload, token) whatever the planner believes: a freshly
+        # loaded list has no statistics yet, and with `(kind, value) IN (...)` the planner
+        # then read every token of the upload (13 ms for 50k records instead of 0.3 ms).
+        rows = _TOKENS_PG.rows(
+            session,
+            {
+                "uploads": list(my_uploads),
+                "kinds": [k for k, _ in wanted],
+                "values": [v for _, v in wanted],
+            },
         )
-    ).all()
+    else:
+        rows = session.execute(
+            select(tokens.c.kind, tokens.c.value, tokens.c.upload_num, tokens.c.seq).where(
+                tokens.c.upload_num.in_(my_uploads),
+                tuple_(tokens.c.kind, tokens.c.value).in_(list(wanted)),
+            )
+        ).all()  # type: ignore[assignment]
     for kind, value, up, seq in rows:
         out.setdefault((int(kind), bytes(value)), []).append((int(up), int(seq)))
     return out
+
+
+_TOKENS_PG = Compiled(
+    text(
+        """
+    SELECT t.kind, t.value, t.upload_num, t.seq
+    FROM unnest(CAST(:uploads AS integer[])) AS u(num)
+    CROSS JOIN unnest(CAST(:kinds AS smallint[]), CAST(:values AS bytea[])) AS w(kind, value)
+    JOIN LATERAL (
+        SELECT kind, value, upload_num, seq FROM tokens
+        WHERE upload_num = u.num AND kind = w.kind AND value = w.value
+    ) AS t ON true
+    """
+    )
+)

@@ -1,11 +1,18 @@
-"""HTTP routes for reports (reader role and up)."""
+"""HTTP routes for reports (reader role and up).
+
+The routes are coroutines that run the (sync, database-bound) service call in the thread
+pool themselves: FastAPI would otherwise take a second trip through the pool to validate
+the response of a plain `def` route.
+"""
 
 from __future__ import annotations
 
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+import orjson
+from fastapi import APIRouter, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
 
 from blindmap import protocol
 from service.auth import ReaderKey
@@ -17,16 +24,18 @@ Limit = Annotated[int, Query(ge=1, le=1000)]
 
 
 @router.get("/reports/summary", response_model=protocol.SummaryReport)
-def summary_report(
+async def summary_report(
     partnership_id: uuid.UUID, request: Request, session: SessionDep, caller: ReaderKey
 ) -> protocol.SummaryReport:
     """The account-mapping matrix: my populations against the partner's visible ones,
     matched accounts per cell, small cells suppressed as `<k`."""
-    return service.summary(session, request.app.state.settings, caller, partnership_id)
+    return await run_in_threadpool(
+        service.summary, session, request.app.state.settings, caller, partnership_id
+    )
 
 
 @router.get("/reports/overlaps", response_model=protocol.OverlapPage)
-def overlaps_report(
+async def overlaps_report(
     partnership_id: uuid.UUID,
     request: Request,
     session: SessionDep,
@@ -35,9 +44,11 @@ def overlaps_report(
     theirs: str | None = None,
     cursor: str | None = None,
     limit: Limit = 100,
-) -> protocol.OverlapPage:
+) -> Response:
     """My matched records with the partner's populations and released sealed fields."""
-    return service.overlaps(
+    # The service builds the page as protocol.OverlapPage's JSON shape (see there).
+    page = await run_in_threadpool(
+        service.overlaps,
         session,
         request.app.state.settings,
         caller,
@@ -47,10 +58,11 @@ def overlaps_report(
         cursor=cursor,
         limit=limit,
     )
+    return Response(orjson.dumps(page), media_type="application/json")
 
 
 @router.get("/reports/white-space", response_model=protocol.WhiteSpacePage)
-def white_space_report(
+async def white_space_report(
     partnership_id: uuid.UUID,
     request: Request,
     session: SessionDep,
@@ -62,7 +74,8 @@ def white_space_report(
 ) -> protocol.WhiteSpacePage:
     """The partner's records in `full` populations that match none of mine."""
     pops = [s for s in (not_in or "").split(",") if s] or None
-    return service.white_space(
+    return await run_in_threadpool(
+        service.white_space,
         session,
         request.app.state.settings,
         caller,
@@ -75,7 +88,7 @@ def white_space_report(
 
 
 @router.post("/lookup", response_model=protocol.LookupResponse)
-def lookup(
+async def lookup(
     partnership_id: uuid.UUID,
     body: protocol.LookupRequest,
     request: Request,
@@ -84,4 +97,6 @@ def lookup(
 ) -> protocol.LookupResponse:
     """For tokens of accounts in my own committed lists: the partner's populations and
     released fields."""
-    return service.lookup(session, request.app.state.settings, caller, partnership_id, body)
+    return await run_in_threadpool(
+        service.lookup, session, request.app.state.settings, caller, partnership_id, body
+    )

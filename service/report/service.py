@@ -7,10 +7,11 @@ import base64
 import binascii
 import json
 import uuid
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from dataclasses import dataclass
+from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import and_, bindparam, func, or_, select
 from sqlalchemy.orm import Session
 
 from blindmap import protocol
@@ -19,11 +20,11 @@ from service import errors
 from service.auth import Principal
 from service.config import Settings
 from service.disclosure import service as disclosures
-from service.models import Partnership, Population, Upload, utcnow
+from service.models import Company, Partnership, Population, Upload, utcnow
 from service.models import Policy as PolicyRow
 from service.partnership import service as partnerships
-from service.policy import service as policies
 from service.report import queries
+from service.repository import Compiled
 from service.upload.ingest import KIND_CODES
 
 
@@ -31,74 +32,194 @@ def _b64(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """A committed list of one side: its upload and its population, as a report needs them."""
+
+    num: int
+    id: uuid.UUID
+    record_count: int
+    sealed_fields: tuple[str, ...]
+    slug: str
+    display_name: str
+    kind: str
+
+
+class _Pair:
+    """Both policies of a partnership at given versions, parsed once, and what they release
+    per population pair (policy versions are immutable, so this never goes stale)."""
+
+    __slots__ = ("_eff", "my_policy", "my_version", "their_policy", "their_version")
+
+    def __init__(
+        self, my_policy: Policy, my_version: int, their_policy: Policy, their_version: int
+    ) -> None:
+        self.my_policy, self.my_version = my_policy, my_version
+        self.their_policy, self.their_version = their_policy, their_version
+        self._eff: dict[tuple[str, str | None], Effective] = {}
+
+    def eff(self, their_pop: str, my_pop: str | None) -> Effective:
+        key = (their_pop, my_pop)
+        e = self._eff.get(key)
+        if e is None:
+            e = self._eff[key] = effective(
+                self.their_policy,
+                their_pop,
+                viewer=self.my_policy,
+                viewer_population=my_pop,
+                policy_version=self.their_version,
+                viewer_policy_version=self.my_version,
+            )
+        return e
+
+
+# Per-process caches of immutable facts only: a policy version's document, a company's
+# slug. Everything that can change (partnership status, which versions are current, which
+# lists are committed, population names) is read on every request by `_CONTEXT`, so a
+# change made through any process takes effect on the next request.
+_PAIRS: OrderedDict[tuple[uuid.UUID, uuid.UUID, int, int], _Pair] = OrderedDict()
+_SLUGS: dict[uuid.UUID, str] = {}
+_CACHE_SIZE = 1024
+
+
 @dataclass
 class Context:
     """Everything a report needs, read once: both policies and both committed lists."""
 
-    p: Partnership
+    pid: uuid.UUID
     me: uuid.UUID
     partner: uuid.UUID
-    my_policy: Policy
-    their_policy: Policy
-    my_row: PolicyRow
-    their_row: PolicyRow
-    mine: dict[str, tuple[Upload, Population]]
-    theirs: dict[str, tuple[Upload, Population]]
+    pair: _Pair
+    mine: dict[str, Listed]
+    theirs: dict[str, Listed]
     sides: queries.Sides
 
     @property
+    def my_policy(self) -> Policy:
+        return self.pair.my_policy
+
+    @property
+    def their_policy(self) -> Policy:
+        return self.pair.their_policy
+
+    @property
     def versions(self) -> protocol.PolicyVersions:
-        return protocol.PolicyVersions(mine=self.my_row.version, partner=self.their_row.version)
+        return protocol.PolicyVersions(mine=self.pair.my_version, partner=self.pair.their_version)
 
     def eff(self, their_pop: str, my_pop: str | None) -> Effective:
         """What the partner's policy releases of its `their_pop` to my `my_pop`."""
-        return effective(
-            self.their_policy,
-            their_pop,
-            viewer=self.my_policy,
-            viewer_population=my_pop,
-            policy_version=self.their_row.version,
-            viewer_policy_version=self.my_row.version,
+        return self.pair.eff(their_pop, my_pop)
+
+
+def _current_version(owner: Any) -> Any:
+    return (
+        select(func.max(PolicyRow.version))
+        .where(PolicyRow.partnership_id == Partnership.id, PolicyRow.owner_id == owner)
+        .correlate(Partnership)
+        .scalar_subquery()
+    )
+
+
+# The partnership (tenant-scoped by PartnershipRepository's own filter, on a bound
+# parameter so that the statement is built and compiled once), both current policy
+# versions and both sides' committed lists: one round trip per report.
+_CONTEXT = Compiled(
+    select(
+        Partnership.status,
+        Partnership.inviter_id,
+        Partnership.invitee_id,
+        _current_version(Partnership.inviter_id),
+        _current_version(Partnership.invitee_id),
+        Upload.company_id,
+        Upload.num,
+        Upload.id,
+        Upload.record_count,
+        Upload.sealed_fields,
+        Population.slug,
+        Population.display_name,
+        Population.kind,
+    )
+    .select_from(Partnership)
+    .outerjoin(Upload, and_(Upload.partnership_id == Partnership.id, Upload.status == "committed"))
+    .outerjoin(Population, Population.id == Upload.population_id)
+    .where(
+        Partnership.id == bindparam("pid"),
+        partnerships.PartnershipRepository(
+            cast(Session, None), cast(uuid.UUID, bindparam("me"))
+        ).scope(),
+    )
+    .order_by(Population.slug)
+)
+
+
+def _pair(
+    session: Session, pid: uuid.UUID, me: uuid.UUID, partner: uuid.UUID, my_v: int, their_v: int
+) -> _Pair:
+    key = (pid, me, my_v, their_v)
+    pair = _PAIRS.get(key)
+    if pair is not None:
+        return pair
+    docs = {
+        owner: doc
+        for owner, doc in session.execute(
+            select(PolicyRow.owner_id, PolicyRow.document).where(
+                PolicyRow.partnership_id == pid,
+                or_(
+                    and_(PolicyRow.owner_id == me, PolicyRow.version == my_v),
+                    and_(PolicyRow.owner_id == partner, PolicyRow.version == their_v),
+                ),
+            )
         )
+    }
+    pair = _Pair(
+        Policy.model_validate(docs[me]), my_v, Policy.model_validate(docs[partner]), their_v
+    )
+    _PAIRS[key] = pair
+    while len(_PAIRS) > _CACHE_SIZE:
+        _PAIRS.popitem(last=False)
+    return pair
 
 
-def _committed(
-    session: Session, pid: uuid.UUID
-) -> dict[uuid.UUID, dict[str, tuple[Upload, Population]]]:
-    """Both sides' committed lists in one query: company -> slug -> (upload, population)."""
-    rows = session.execute(
-        select(Upload, Population)
-        .join(Population, Population.id == Upload.population_id)
-        .where(Upload.partnership_id == pid, Upload.status == "committed")
-        .order_by(Population.slug)
-    ).all()
-    out: dict[uuid.UUID, dict[str, tuple[Upload, Population]]] = {}
-    for up, pop in rows:
-        out.setdefault(up.company_id, {})[pop.slug] = (up, pop)
-    return out
+def slug_of(session: Session, company_id: uuid.UUID) -> str:
+    """A company's slug (set at creation, never changed)."""
+    slug = _SLUGS.get(company_id)
+    if slug is None:
+        slug = session.execute(select(Company.slug).where(Company.id == company_id)).scalar_one()
+        if len(_SLUGS) >= _CACHE_SIZE:
+            _SLUGS.clear()
+        _SLUGS[company_id] = slug
+    return slug
 
 
 def context(session: Session, caller: Principal, pid: uuid.UUID) -> Context:
     """Read without locks: reports of one partnership run concurrently; only the release
     step at the end (`_release`) is serialised."""
-    p = partnerships.get(session, caller.company_id, pid)
-    if p.status != "active":
-        raise errors.Conflict(f"This partnership is {p.status}; reports need an active one.")
-    partner = partnerships.partner_id_of(p, caller.company_id)
-    current = policies.current_both(session, p.id)
-    my_row, their_row = current[caller.company_id], current[partner]
-    lists = _committed(session, p.id)
+    me = caller.company_id
+    rows = _CONTEXT.rows(session, {"pid": pid, "me": me})
+    if not rows:
+        raise errors.NotFound(f"{partnerships.PartnershipRepository.not_found}: {pid}")
+    status, inviter, invitee, v_inviter, v_invitee = rows[0][:5]
+    if status != "active":
+        raise errors.Conflict(f"This partnership is {status}; reports need an active one.")
+    mine_is_a = inviter == me
+    partner = invitee if mine_is_a else inviter
+    my_v, their_v = (v_inviter, v_invitee) if mine_is_a else (v_invitee, v_inviter)
+    if my_v is None or their_v is None:  # every partnership gets version 1 for both at invite
+        raise errors.NotFound("No policy for this partnership.")
+    lists: dict[uuid.UUID, dict[str, Listed]] = {me: {}, partner: {}}
+    for *_, company, num, up_id, count, fields, slug, display_name, kind in rows:
+        if num is not None:
+            lists[company][slug] = Listed(
+                num, up_id, count, tuple(fields or ()), slug, display_name, kind
+            )
     return Context(
-        p=p,
-        me=caller.company_id,
+        pid=pid,
+        me=me,
         partner=partner,
-        my_policy=Policy.model_validate(my_row.document),
-        their_policy=Policy.model_validate(their_row.document),
-        my_row=my_row,
-        their_row=their_row,
-        mine=lists.get(caller.company_id, {}),
-        theirs=lists.get(partner, {}),
-        sides=queries.Sides(mine_is_a=p.inviter_id == caller.company_id),
+        pair=_pair(session, pid, me, partner, my_v, their_v),
+        mine=lists[me],
+        theirs=lists[partner],
+        sides=queries.Sides(mine_is_a=mine_is_a),
     )
 
 
@@ -111,38 +232,29 @@ def _release(
     my_pop: str | None = None,
     their_pop: str | None = None,
 ) -> None:
-    """Charge the reveal budget and append the disclosure entry, under the partnership
-    row lock (the hash chain needs one order). The policies that decided the report must
-    still be the current ones."""
-    p = partnerships.get(session, ctx.me, ctx.p.id, for_update=True)
-    if p.status != "active":
-        raise errors.Conflict(f"This partnership is {p.status}.")
-    now = policies.current_both(session, p.id)
-    if (now[ctx.me].version, now[ctx.partner].version) != (
-        ctx.my_row.version,
-        ctx.their_row.version,
-    ):
-        raise errors.Conflict(
-            "A policy changed while the report was being prepared; run it again.",
-            headers={"Retry-After": "1"},
-        )
-    disclosures.spend(session, p, ctx.me, records, settings.reveal_budget_per_day)
-    disclosures.append(
+    """Charge the reveal budget and append the disclosure entry (disclosure.release: the
+    partnership row lock orders the chain; the policies that decided the report must
+    still be the current ones)."""
+    disclosures.release(
         session,
-        p,
-        viewer_id=ctx.me,
-        owner_id=ctx.partner,
-        report=report.value,
-        records=records,
-        viewer_population=my_pop,
-        owner_population=their_pop,
-        policy_versions={"viewer": ctx.my_row.version, "owner": ctx.their_row.version},
+        disclosures.Release(
+            partnership_id=ctx.pid,
+            viewer_id=ctx.me,
+            owner_id=ctx.partner,
+            viewer_slug=slug_of(session, ctx.me),
+            owner_slug=slug_of(session, ctx.partner),
+            report=report.value,
+            records=records,
+            viewer_version=ctx.pair.my_version,
+            owner_version=ctx.pair.their_version,
+            viewer_population=my_pop,
+            owner_population=their_pop,
+        ),
+        settings.reveal_budget_per_day,
     )
 
 
-def _population_or_404(
-    slug: str | None, side: dict[str, tuple[Upload, Population]], what: str
-) -> None:
+def _population_or_404(slug: str | None, side: dict[str, Listed], what: str) -> None:
     if slug is not None and slug not in side:
         raise errors.NotFound(f"No committed list for {what} population '{slug}'.")
 
@@ -158,14 +270,14 @@ def summary(
         if ctx.eff(x, None).level >= Share.count
         or any(ctx.eff(x, y).level >= Share.count for y in ctx.mine)
     ]
-    counts = queries.matched_counts(session, ctx.sides, ctx.p.id)
+    counts = queries.matched_counts(session, ctx.sides, ctx.pid)
     cells: list[protocol.SummaryCell] = []
-    for y, (my_up, _) in ctx.mine.items():
+    for y, my_up in ctx.mine.items():
         for x in visible:
             eff = ctx.eff(x, y)
             if eff.level < Share.count:
                 continue
-            their_up = ctx.theirs[x][0]
+            their_up = ctx.theirs[x]
             matched = counts.get((my_up.num, their_up.num), 0)
             shown = count_cell(eff, matched, my_up.record_count)
             cells.append(
@@ -178,23 +290,23 @@ def summary(
             )
     _release(session, settings, ctx, ReportKind.summary, 0)
     return protocol.SummaryReport(
-        partnership_id=ctx.p.id,
+        partnership_id=ctx.pid,
         generated_at=utcnow(),
         mine=[
             protocol.ReportPopulation(
                 slug=y,
-                display_name=pop.display_name,
-                kind=protocol.PopulationKind(pop.kind),
+                display_name=up.display_name,
+                kind=protocol.PopulationKind(up.kind),
                 records=up.record_count,
             )
-            for y, (up, pop) in ctx.mine.items()
+            for y, up in ctx.mine.items()
         ],
         theirs=[
             protocol.ReportPopulation(
                 slug=x,
-                display_name=ctx.theirs[x][1].display_name,
-                kind=protocol.PopulationKind(ctx.theirs[x][1].kind),
-                records=ctx.theirs[x][0].record_count,
+                display_name=ctx.theirs[x].display_name,
+                kind=protocol.PopulationKind(ctx.theirs[x].kind),
+                records=ctx.theirs[x].record_count,
             )
             for x in visible
         ],
@@ -206,24 +318,50 @@ def summary(
 
 
 # -- partner records ----------------------------------------------------------------------
-def _partner_record(
-    up: Upload, pop: str, eff: Effective, ref: str, sealed: bytes | None
-) -> protocol.PartnerRecord:
-    """A partner record as released: the payload only if every field sealed in it is
-    still allowed (DESIGN §5: withheld until the owner re-syncs)."""
-    if sealed is None or not up.sealed_fields:
-        return protocol.PartnerRecord(population=pop, ref=ref)
-    dropped = [f for f in up.sealed_fields if f not in eff.fields]
-    if dropped:
-        return protocol.PartnerRecord(
-            population=pop,
-            ref=ref,
-            withheld=f"the partner's policy no longer releases {dropped}; "
-            "withheld until it re-syncs",
+class _Releaser:
+    """Builds the partner records released from one partner list under one effective
+    policy: the payload only if every field sealed in it is still allowed (DESIGN §5:
+    withheld until the owner re-syncs). The decision is the same for every record of the
+    list, so it is taken once. Records are plain dicts shaped like
+    `protocol.PartnerRecord` (an overlaps page holds hundreds of them; see `overlaps`)."""
+
+    __slots__ = ("fields", "pop", "withheld")
+
+    def __init__(self, up: Listed, pop: str, eff: Effective) -> None:
+        self.pop = pop
+        self.fields = list(up.sealed_fields)
+        dropped = [f for f in up.sealed_fields if f not in eff.fields]
+        self.withheld = (
+            f"the partner's policy no longer releases {dropped}; withheld until it re-syncs"
+            if dropped
+            else None
         )
-    return protocol.PartnerRecord(
-        population=pop, ref=ref, sealed=_b64(sealed), fields=list(up.sealed_fields)
-    )
+
+    def record(self, ref: str, sealed: bytes | None) -> dict[str, Any]:
+        if sealed is None or not self.fields:
+            return _record(self.pop, ref, None, [], None)
+        if self.withheld is not None:
+            return _record(self.pop, ref, None, [], self.withheld)
+        return _record(self.pop, ref, _b64(sealed), list(self.fields), None)
+
+
+def _record(
+    population: str, ref: str, sealed: str | None, fields: list[str], withheld: str | None
+) -> dict[str, Any]:
+    """`protocol.PartnerRecord`, field for field."""
+    return {
+        "population": population,
+        "ref": ref,
+        "sealed": sealed,
+        "fields": fields,
+        "withheld": withheld,
+    }
+
+
+def _partner_record(
+    up: Listed, pop: str, eff: Effective, ref: str, sealed: bytes | None
+) -> protocol.PartnerRecord:
+    return protocol.PartnerRecord.model_validate(_Releaser(up, pop, eff).record(ref, sealed))
 
 
 def _cursor(cursor: str | None) -> tuple[int, int]:
@@ -253,7 +391,7 @@ def overlaps(
     theirs: str | None,
     cursor: str | None,
     limit: int,
-) -> protocol.OverlapPage:
+) -> dict[str, Any]:
     ctx = context(session, caller, pid)
     _population_or_404(mine, ctx.mine, "your")
     if theirs is not None and (
@@ -261,46 +399,45 @@ def overlaps(
     ):
         raise errors.NotFound(f"No population '{theirs}' of your partner is visible to you.")
     after_up, after_seq = _cursor(cursor)
-    items: list[protocol.OverlapItem] = []
+    items: list[dict[str, Any]] = []
     released = 0
     next_cursor = None
-    for y in sorted(ctx.mine, key=lambda s: ctx.mine[s][0].num):
-        my_up, _ = ctx.mine[y]
+    for y in sorted(ctx.mine, key=lambda s: ctx.mine[s].num):
+        my_up = ctx.mine[y]
         if (mine and y != mine) or my_up.num < after_up:
             continue
         allowed = {x: ctx.eff(x, y) for x in ctx.theirs if (not theirs or x == theirs)}
         allowed = {x: e for x, e in allowed.items() if e.level >= Share.overlap}
-        by_num = {ctx.theirs[x][0].num: x for x in allowed}
+        by_num = {ctx.theirs[x].num: x for x in allowed}
         start = after_seq if my_up.num == after_up else -1
-        seqs = queries.matched_mine(
-            session, ctx.sides, my_up.num, list(by_num), start, limit - len(items) + 1
-        )
-        more = len(seqs) > limit - len(items)
-        seqs = seqs[: limit - len(items)]
-        recs = queries.my_records(session, my_up.num, seqs)
-        found: dict[int, list[protocol.PartnerRecord]] = defaultdict(list)
-        for my_seq, their_num, ref, sealed in queries.partner_matches(
-            session, ctx.sides, my_up.num, seqs, list(by_num)
-        ):
-            x = by_num[their_num]
-            found[my_seq].append(_partner_record(ctx.theirs[x][0], x, allowed[x], ref, sealed))
-        for s in seqs:
-            ref, self_sealed = recs[s]
+        need = limit - len(items)
+        page = queries.overlap_page(session, ctx.sides, my_up.num, list(by_num), start, need + 1)
+        more = len(page) > need
+        page = page[:need]
+        releasers = {n: _Releaser(ctx.theirs[x], x, allowed[x]) for n, x in by_num.items()}
+        for _, ref, self_sealed, matched in page:
+            partner = [releasers[n].record(r, sealed) for n, r, sealed in matched]
+            # protocol.OverlapItem, field for field
             items.append(
-                protocol.OverlapItem(
-                    ref=ref, population=y, self_sealed=_b64(self_sealed), partner=found[s]
-                )
+                {"ref": ref, "population": y, "self_sealed": _b64(self_sealed), "partner": partner}
             )
-            released += len(found[s])
+            released += len(partner)
+        seqs = [p[0] for p in page]
         if more or len(items) >= limit:
             if seqs:
                 next_cursor = _next_cursor(my_up.num, seqs[-1])
             break
     if released:
         _release(session, settings, ctx, ReportKind.overlaps, released, mine, theirs)
-    return protocol.OverlapPage(
-        partnership_id=ctx.p.id, items=items, next_cursor=next_cursor, policy_versions=ctx.versions
-    )
+    # protocol.OverlapPage, field for field, serialised by the router with orjson: building
+    # and validating hundreds of pydantic models per page cost more than the page's SQL.
+    # tests/test_report_release.py checks the body against the model.
+    return {
+        "partnership_id": ctx.pid,
+        "items": items,
+        "next_cursor": next_cursor,
+        "policy_versions": {"mine": ctx.pair.my_version, "partner": ctx.pair.their_version},
+    }
 
 
 def white_space(
@@ -322,12 +459,12 @@ def white_space(
         if theirs not in full:
             raise errors.NotFound(f"Your partner shares no population '{theirs}' in full.")
         full = [theirs]
-    my_nums = [ctx.mine[y][0].num for y in (not_in if not_in else list(ctx.mine))]
+    my_nums = [ctx.mine[y].num for y in (not_in if not_in else list(ctx.mine))]
     after_up, after_seq = _cursor(cursor)
     items: list[protocol.PartnerRecord] = []
     next_cursor = None
-    for x in sorted(full, key=lambda s: ctx.theirs[s][0].num):
-        up = ctx.theirs[x][0]
+    for x in sorted(full, key=lambda s: ctx.theirs[s].num):
+        up = ctx.theirs[x]
         if up.num < after_up:
             continue
         eff = ctx.eff(x, None)
@@ -345,7 +482,7 @@ def white_space(
     if items:
         _release(session, settings, ctx, ReportKind.white_space, len(items), None, theirs)
     return protocol.WhiteSpacePage(
-        partnership_id=ctx.p.id, items=items, next_cursor=next_cursor, policy_versions=ctx.versions
+        partnership_id=ctx.pid, items=items, next_cursor=next_cursor, policy_versions=ctx.versions
     )
 
 
@@ -369,7 +506,7 @@ def lookup(
                 errors=[{"field": f"tokens.{i}.value", "in": "body", "message": "not a token"}],
             )
         wanted.append((KIND_CODES[t.kind.value], raw))
-    by_upload = {up.num: y for y, (up, _) in ctx.mine.items()}
+    by_upload = {up.num: y for y, up in ctx.mine.items()}
     found = queries.my_records_with_tokens(session, list(by_upload), wanted)
     missing = [i for i, w in enumerate(wanted) if not found.get(w)]
     if missing:
@@ -384,16 +521,17 @@ def lookup(
     # What each of my lists may see of the partner's, and the partner records matched to
     # every found record of mine: one query per list of mine, not one per token.
     allowed_for: dict[int, dict[str, Effective]] = {}
-    matched: dict[tuple[int, int], list[tuple[int, str, bytes | None]]] = defaultdict(list)
     for up_num, y in by_upload.items():
         allowed = {x: ctx.eff(x, y) for x in ctx.theirs}
         allowed_for[up_num] = {x: e for x, e in allowed.items() if e.level >= Share.overlap}
-        seqs = sorted({seq for w in wanted for u, seq in found[w] if u == up_num})
-        their_nums = [ctx.theirs[x][0].num for x in allowed_for[up_num]]
-        for my_seq, their_num, ref, sealed in queries.partner_matches(
-            session, ctx.sides, up_num, seqs, their_nums
-        ):
-            matched[(up_num, my_seq)].append((their_num, ref, sealed))
+    matched: dict[tuple[int, int], list[tuple[int, str, bytes | None]]] = defaultdict(list)
+    for up_num, my_seq, their_num, ref, sealed in queries.partner_matches_many(
+        session,
+        ctx.sides,
+        sorted({rec for w in wanted for rec in found[w]}),
+        {u: [ctx.theirs[x].num for x in allowed_for[u]] for u in by_upload},
+    ):
+        matched[(up_num, my_seq)].append((their_num, ref, sealed))
     results: list[protocol.LookupResult] = []
     released = 0
     for t, w in zip(body.tokens, wanted, strict=True):
@@ -401,17 +539,17 @@ def lookup(
         seen: set[tuple[int, str]] = set()
         for up_num, seq in found[w]:
             allowed = allowed_for[up_num]
-            by_num = {ctx.theirs[x][0].num: x for x in allowed}
+            by_num = {ctx.theirs[x].num: x for x in allowed}
             for their_num, ref, sealed in matched[(up_num, seq)]:
                 if (their_num, ref) in seen:
                     continue
                 seen.add((their_num, ref))
                 x = by_num[their_num]
-                partner.append(_partner_record(ctx.theirs[x][0], x, allowed[x], ref, sealed))
+                partner.append(_partner_record(ctx.theirs[x], x, allowed[x], ref, sealed))
         released += len(partner)
         results.append(protocol.LookupResult(kind=t.kind, value=t.value, partner=partner))
     if released:
         _release(session, settings, ctx, ReportKind.lookup, released)
     return protocol.LookupResponse(
-        partnership_id=ctx.p.id, results=results, policy_versions=ctx.versions
+        partnership_id=ctx.pid, results=results, policy_versions=ctx.versions
     )
