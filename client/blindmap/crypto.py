@@ -409,27 +409,22 @@ class FlatFields:
     (:attr:`names`). A third of the cost of sealing went into building and sorting dicts.
     """
 
-    __slots__ = ("_heads", "names")
+    __slots__ = ("_template", "names")
 
     def __init__(self, names: Iterable[str]) -> None:
         self.names: tuple[str, ...] = tuple(sorted(set(names)))
         enc = json.encoder.encode_basestring
-        self._heads = [("{" if i == 0 else ",") + enc(n) + ":" for i, n in enumerate(self.names)]
+        # '{"a":%s,"b":%s}': one %-format per record (half the cost of joining pieces)
+        self._template = "{" + ",".join(enc(n).replace("%", "%%") + ":%s" for n in self.names) + "}"
 
     def encode(self, values: Sequence[str | None]) -> bytes:
         """UTF-8 JSON of ``dict(zip(names, values))`` exactly as `canonical_json` writes it."""
-        if not self._heads:
-            return b"{}"
+        if len(values) != len(self.names):
+            raise ValueError(f"expected {len(self.names)} values, got {len(values)}")
         enc = json.encoder.encode_basestring
         try:
             return (
-                "".join(
-                    [
-                        h + ("null" if v is None else enc(v))
-                        for h, v in zip(self._heads, values, strict=True)
-                    ]
-                )
-                + "}"
+                self._template % tuple(["null" if v is None else enc(v) for v in values])
             ).encode("utf-8")
         except (TypeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError
             raise SealError(f"fields cannot be sealed: {exc}") from None
