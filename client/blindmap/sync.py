@@ -385,6 +385,11 @@ _PARALLEL_BUILD_RECORDS: Final = 50_000
 _by_line: Final = attrgetter("line")
 
 
+def _domains_of_cells(_state: None, cells: list[str]) -> list[normalize.Normalized]:
+    """Per row of a one-website-column file: its (domain, reason)."""
+    return list(map(normalize.domain_with_reason, cells))
+
+
 def _domains_of_rows(
     _state: None, rows: list[tuple[str, ...]]
 ) -> list[tuple[str | None, str | None]]:
@@ -518,10 +523,14 @@ def read_accounts(
         # next batch is parsed; the results are then applied in file order again.
         batches: deque[list[tuple[int, list[str], str]]] = deque()
 
-        def parsed() -> Iterator[list[tuple[str, ...]]]:
+        # one website column (the usual case): cells go as plain strings, normalized by a
+        # C-level map; several: a tuple per row, the first cell with a domain wins
+        single = web_idx[0] if len(web_idx) == 1 else None
+
+        def parsed() -> Iterator[list[Any]]:
             nonlocal rows, share
             batch: list[tuple[int, list[str], str]] = []
-            cells: list[tuple[str, ...]] = []
+            cells: list[Any] = []
             prev_line = reader.line_num
             try:
                 for row in reader:
@@ -554,7 +563,9 @@ def read_accounts(
                         assert population is not None
                         pop = population
                     batch.append((line, row, pop))
-                    cells.append(tuple([row[i] for i in web_idx]))
+                    cells.append(
+                        row[single] if single is not None else tuple([row[i] for i in web_idx])
+                    )
                     if len(batch) >= _READ_BATCH:
                         batches.append(batch)
                         yield cells
@@ -571,7 +582,10 @@ def read_accounts(
             cpus = _parallel.available_cpus()
             big = p.stat().st_size >= _PARALLEL_READ_BYTES
             jobs = cpus if big and cpus >= _PARALLEL_READ_MIN_CPUS else 1
-        with _parallel.gc_paused(), _parallel.Workers(_domains_of_rows, None, jobs) as workers:
+        of_rows: Callable[[None, list[Any]], Sequence[tuple[str | None, str | None]]] = (
+            _domains_of_cells if single is not None else _domains_of_rows
+        )
+        with _parallel.gc_paused(), _parallel.Workers(of_rows, None, jobs) as workers:
             for domains in workers.map(parsed()):
                 for (line, row, pop), (dom, reason) in zip(batches.popleft(), domains, strict=True):
                     if dom is None:
