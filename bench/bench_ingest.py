@@ -22,7 +22,8 @@ Tokens are synthetic 16-byte values (keyed BLAKE2b of the record number) with ex
 the intended overlap; refs are 32 random-looking hex characters; the sealed payloads are
 random bytes of 60-120 bytes each (self and partner), the size of real sealed fields.
 
-Also printed: the load average at the start of each run.
+Also printed: the 1-minute load average when each run starts (the `built` line) and
+ends (`load` in the JSON; the table row gives the median).
 
 Databases: a fresh SQLite file in a temporary directory; a scratch PostgreSQL database
 at 127.0.0.1:5432 as user postgres (created and dropped; skipped with a message when
