@@ -14,11 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from blindmap import crypto, normalize, protocol
 from blindmap import sync as bsync
-from blindmap._errors import APIConnectionError
+from blindmap._errors import APIConnectionError, ValidationError
 from blindmap.policy import Policy, load_template
 
 REPO = Path(__file__).resolve().parent.parent
@@ -593,6 +594,7 @@ class FakeEscrow:
         self.uploads: dict[str, dict[str, Any]] = {}
         self.fail_chunks: set[int] = set()
         self.fail_times = 0
+        self.refuse_commit = False
         self.puts: list[tuple[str, int]] = []
 
     def list_partnerships(self, *, status: Any = None) -> list[protocol.Partnership]:
@@ -646,6 +648,10 @@ class FakeEscrow:
         u["chunks"][n] = body
 
     def commit_upload(self, uid: Any) -> protocol.Upload:
+        if self.refuse_commit:
+            request = httpx.Request("POST", f"http://escrow/v1/uploads/{uid}/commit")
+            problem = {"title": "Unprocessable Content", "detail": "ref 'x' is in two chunks"}
+            raise ValidationError(httpx.Response(422, json=problem, request=request), problem)
         u = self.uploads[str(uid)]
         m = u["manifest"]
         chunks = [u["chunks"][n] for n in range(m.chunk_count)]
@@ -776,6 +782,25 @@ def test_changed_input_aborts_the_old_staged_upload(escrow: Any, tmp_path: Path)
     report = run(fake, me, tmp_path, chunk_size=60, **kw)  # different options: fresh upload
     assert fake.uploads[old]["status"] == "aborted"
     assert not report.uploads[0].resumed and report.uploads[0].upload_id != old
+
+
+def test_refused_commit_aborts_instead_of_resuming(escrow: Any, tmp_path: Path) -> None:
+    """A 422 at commit is about the bytes sent: the next run must not resume them."""
+    fake, me = escrow
+    fake.refuse_commit = True
+    kw: dict[str, Any] = {
+        "population": "customers",
+        "population_column": None,
+        "population_map": None,
+    }
+    with pytest.raises(ValidationError, match="two chunks"):
+        run(fake, me, tmp_path, **kw)
+    (uid,) = fake.uploads
+    assert fake.uploads[uid]["status"] == "aborted"
+    assert not (tmp_path / "state" / f"{fake.partnership.id}-customers").exists()
+    fake.refuse_commit = False
+    report = run(fake, me, tmp_path, **kw)
+    assert not report.uploads[0].resumed and report.uploads[0].status == "committed"
 
 
 def test_key_mismatch_and_unknown_partner(escrow: Any, tmp_path: Path) -> None:

@@ -59,6 +59,7 @@ from blindmap._errors import (
     InternalServerError,
     NotFoundError,
     PermissionDeniedError,
+    ValidationError,
 )
 
 if TYPE_CHECKING:
@@ -1352,7 +1353,14 @@ def _sync_one(
                 result.bytes += sent
                 emit("send", len(received), n_chunks)
             emit("commit", 0, 1)
-            committed = client.commit_upload(upload.id)
+            try:
+                committed = client.commit_upload(upload.id)
+            except ValidationError:
+                # The escrow refused what was sent (count, digest, a ref in two chunks):
+                # resuming these bytes would fail the same way, so start afresh next time.
+                _abort_quietly(client, str(upload.id))
+                staging.clear()
+                raise
             break
         except (APIConnectionError, InternalServerError) as exc:
             # The SDK already retried this request; wait, ask the escrow what it holds and
