@@ -208,45 +208,6 @@ WITH head AS (
 )
 SELECT status, viewer_version, owner_version, total, oldest, (SELECT seq FROM entry) FROM chk
 """
-# The release statement is prepared once per connection (PostgreSQL plans it once, not
-# on every release); EXECUTE's arguments are bound client-side like the rest.
-_PARAMS = (
-    ("pid", "uuid"),
-    ("viewer", "uuid"),
-    ("owner", "uuid"),
-    ("since", "timestamptz"),
-    ("hour", "timestamptz"),
-    ("records", "integer"),
-    ("budget", "bigint"),
-    ("viewer_version", "integer"),
-    ("owner_version", "integer"),
-    ("genesis", "text"),
-    ("viewer_slug", "text"),
-    ("owner_slug", "text"),
-    ("report", "text"),
-    ("viewer_population", "text"),
-    ("owner_population", "text"),
-    ("policy_versions", "text"),
-    ("part0", "text"),
-    ("part1", "text"),
-    ("part2", "text"),
-)
-_PREPARED = "blindmap_release_v1"
-
-
-def _prepare_sql() -> str:
-    body = _RELEASE_SQL
-    for n, (name, _) in enumerate(_PARAMS, 1):
-        body = body.replace(f"%({name})s", f"${n}")
-    assert "%(" not in body
-    types = ", ".join(t for _, t in _PARAMS)
-    return f"PREPARE {_PREPARED} ({types}) AS {body}"
-
-
-_PREPARE_SQL = _prepare_sql()
-_EXECUTE_SQL = f"EXECUTE {_PREPARED} (" + ", ".join(f"%({name})s" for name, _ in _PARAMS) + ")"
-
-
 _AT, _SEQ = "@@blindmap-created-at@@", -7777777777777
 
 
@@ -353,12 +314,8 @@ def _release_pg(session: Session, r: Release, budget: int) -> tuple[Any, ...]:
     }
     # Client-side binding (psycopg quotes every value) lets the three statements go as
     # one simple-protocol message; cheaper in the client than a psycopg pipeline.
-    info = session.connection().connection.info  # lives as long as the DB connection
     with psycopg.ClientCursor(raw) as cur:
-        if not info.get(_PREPARED):
-            cur.execute(_PREPARE_SQL)
-            info[_PREPARED] = True
-        cur.execute(_LOCK_SQL + ";\n" + _EXECUTE_SQL + ";\nCOMMIT", params)
+        cur.execute(_LOCK_SQL + ";\n" + _RELEASE_SQL + ";\nCOMMIT", params)
         cur.nextset()
         row = cur.fetchone()
     assert row is not None
