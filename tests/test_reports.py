@@ -233,6 +233,32 @@ def test_disclosure_log_is_chained_and_shared(client, tenants, mapped, app):
         verify_chain([log_a[0], log_a[2]])
 
 
+def test_chain_verifies_a_whole_second_timestamp_as_json_writes_it() -> None:
+    """A created_at with zero microseconds is written "…:05Z" by JSON encoders; the hash
+    covers "…:05.000000Z". The verifier must read both as the same instant."""
+    import datetime as dt
+    import uuid as uuid_mod
+
+    from blindmap.disclosure import GENESIS, entry_hash
+
+    at = dt.datetime(2026, 11, 23, 17, 0, 5, tzinfo=dt.UTC)
+    entry = {
+        "seq": 1,
+        "partnership_id": str(uuid_mod.uuid4()),
+        "report": "summary",
+        "viewer": "acme",
+        "owner": "globex",
+        "records": 0,
+        "created_at": at,
+    }
+    h = entry_hash(GENESIS, entry)
+    as_json = {**entry, "created_at": "2026-11-23T17:00:05Z", "prev_hash": GENESIS, "hash": h}
+    assert verify_chain([as_json]) == 1
+    as_json["created_at"] = "2026-11-23T17:00:05.000001Z"
+    with pytest.raises(ChainError, match="entry 1"):
+        verify_chain([as_json])
+
+
 def test_reveal_budget(client, tenants, mapped, app):
     from fastapi.testclient import TestClient
 

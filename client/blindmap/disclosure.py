@@ -72,6 +72,13 @@ def verify_chain(entries: Iterable[Mapping[str, Any]]) -> int:
             raise ChainError(seq, f"expected entry {expected_seq}: an entry is missing")
         if not hmac.compare_digest(str(e["prev_hash"]), prev):
             raise ChainError(seq, "prev_hash does not match the previous entry's hash")
+        at = e.get("created_at")
+        if isinstance(at, str):
+            # JSON writers drop a zero fraction ("…:05Z"); the hash is over "…:05.000000Z"
+            try:
+                e = {**e, "created_at": datetime.fromisoformat(at.replace("Z", "+00:00"))}
+            except ValueError:
+                raise ChainError(seq, f"created_at {at!r} is not an ISO 8601 time") from None
         if not hmac.compare_digest(str(e["hash"]), entry_hash(prev, e)):
             raise ChainError(seq, "hash does not match its content: the entry was modified")
         prev, expected_seq, n = str(e["hash"]), seq + 1, n + 1
