@@ -34,6 +34,7 @@ from service.models import (
     tokens,
     utcnow,
 )
+from service.models import Policy as PolicyRow
 from service.partnership import service as partnerships
 from service.policy import service as policies
 from service.population.service import PopulationRepository
@@ -447,6 +448,20 @@ def committed_count(session: Session, upload_num: int) -> int:
     )
 
 
+# A policy version never changes once written: its parsed document is kept per process.
+_POLICIES: dict[tuple[uuid.UUID, uuid.UUID, int], Policy] = {}
+
+
+def _policy_of(row: PolicyRow) -> Policy:
+    key = (row.partnership_id, row.owner_id, row.version)
+    got = _POLICIES.get(key)
+    if got is None:
+        if len(_POLICIES) >= 4096:
+            _POLICIES.clear()
+        got = _POLICIES[key] = Policy.model_validate(row.document)
+    return got
+
+
 def sync_status(
     session: Session, caller: Principal, pid: uuid.UUID
 ) -> protocol.PartnershipSyncStatus:
@@ -455,7 +470,15 @@ def sync_status(
 
     p = partnerships.get(session, caller.company_id, pid)
     partner_id = partnerships.partner_id_of(p, caller.company_id)
-    me, other = session.get_one(Company, caller.company_id), session.get_one(Company, partner_id)
+    # five statements whatever the number of lists (this is the most polled endpoint)
+    pair = [caller.company_id, partner_id]
+    epochs: dict[uuid.UUID, int] = {
+        cid: epoch
+        for cid, epoch in session.execute(
+            select(Company.id, Company.key_epoch).where(Company.id.in_(pair))
+        )
+    }
+    my_epoch, their_epoch = epochs[caller.company_id], epochs[partner_id]
     rows = session.execute(
         select(Upload, Population)
         .join(Population, Population.id == Upload.population_id)
@@ -464,21 +487,30 @@ def sync_status(
     ).all()
     partner_policy = my_policy = None
     if p.status != "ended":
-        partner_policy = Policy.model_validate(policies.current(session, p.id, partner_id).document)
-        my_policy = Policy.model_validate(
-            policies.current(session, p.id, caller.company_id).document
-        )
+        current = policies.current_both(session, p.id)
+        my_policy = _policy_of(current[caller.company_id])
+        partner_policy = _policy_of(current[partner_id])
+    own_nums = [up.num for up, _ in rows if up.company_id == caller.company_id]
+    job_states: dict[int, protocol.JobState] = {}
+    if own_nums:
+        for num, status in session.execute(
+            select(Job.upload_num, Job.status)
+            .where(Job.upload_num.in_(own_nums))
+            .order_by(Job.upload_num, Job.id.desc())
+        ):
+            if num is not None:
+                job_states.setdefault(num, protocol.JobState(status))
     mine: list[protocol.PopulationSync] = []
     theirs: list[protocol.PopulationSync] = []
     for up, pop in rows:
         own = up.company_id == caller.company_id
         if own:
-            stale = (up.my_epoch, up.partner_epoch) != (me.key_epoch, other.key_epoch)
+            stale = (up.my_epoch, up.partner_epoch) != (my_epoch, their_epoch)
         else:
             assert partner_policy is not None
             if effective(partner_policy, pop.slug, viewer=my_policy).level < Share.count:
                 continue  # hidden: not even its name
-            stale = (up.my_epoch, up.partner_epoch) != (other.key_epoch, me.key_epoch)
+            stale = (up.my_epoch, up.partner_epoch) != (their_epoch, my_epoch)
         (mine if own else theirs).append(
             protocol.PopulationSync(
                 population=pop.slug,
@@ -487,7 +519,7 @@ def sync_status(
                 committed_at=up.committed_at or up.created_at,
                 normalizer_version=up.normalizer_version,
                 stale_keys=stale,
-                match_job=latest_job_state(session, up.num) if own else None,
+                match_job=job_states.get(up.num) if own else None,
             )
         )
     versions = {s.normalizer_version for s in mine} | {s.normalizer_version for s in theirs}
