@@ -117,3 +117,23 @@ def test_logs_are_json_and_never_hold_keys(client, tenants, capfd):
     blob = "\n".join(records)
     for key in tenants.a.keys.values():
         assert key not in blob
+
+
+def test_the_secret_trap_catches_keys_and_sample_domains() -> None:
+    """Negative control for the autouse log check in conftest (issue 8 item 9)."""
+    import logging
+
+    from tests.conftest import _SecretTrap
+
+    trap = _SecretTrap()
+    log = logging.getLogger("secret-trap-test")
+    log.propagate = False  # only this trap, not the autouse one, may see these records
+    log.addHandler(trap)
+    try:
+        log.warning("key %s", "bmk_" + "A" * 30)
+        log.warning("failed", extra={"website": "https://www.initech.com/"})
+        log.warning("-----BEGIN PRIVATE KEY-----")
+        log.warning("nothing to see: upload 42 committed")
+    finally:
+        log.removeHandler(trap)
+    assert len(trap.hits) == 3 and any("initech.com" in h for h in trap.hits)
