@@ -70,6 +70,14 @@ async def put_chunk(
             f"Send chunks as {protocol.NDJSON} or {protocol.BINARY_CHUNK}, "
             f"not '{ctype or 'nothing'}'."
         )
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        # the digest in the manifest is over the bytes as sent; a compressed body would
+        # be parsed as garbage, so say what is wrong instead
+        raise errors.UnsupportedMediaType(
+            f"Content-Encoding '{encoding}' is not accepted for chunks: send them "
+            "uncompressed (tokens and ciphertext do not compress anyway)."
+        )
     body = await request.body()
     settings = request.app.state.settings
     from starlette.concurrency import run_in_threadpool
