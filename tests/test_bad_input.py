@@ -111,7 +111,20 @@ def _privileged_field(client, tenant, pid):  # type: ignore[no-untyped-def]
     )
 
 
+def _page(query: str) -> Callable[..., Any]:
+    def run(client, tenant, pid):  # type: ignore[no-untyped-def]
+        return client.get(
+            f"/v1/partnerships/{pid}/reports/overlaps?{query}", headers=tenant.headers("reader")
+        )
+
+    return run
+
+
 CASES: dict[str, tuple[Callable[..., Any], int, str]] = {
+    "page limit 0": (_page("limit=0"), 422, r"limit"),
+    "page limit -1": (_page("limit=-1"), 422, r"limit"),
+    "page limit 10^9": (_page("limit=1000000000"), 422, r"limit"),
+    "forged cursor": (_page("cursor=bm90LWEtY3Vyc29y"), 422, r"cursor"),
     "malformed NDJSON": (_bad_chunk(b'{"ref": "r9", "tokens": [\n'), 422, r"line 2"),
     "token of the wrong length": (_bad_chunk(_token(b64(b"x" * 15))), 422, r"16 bytes"),
     "token not base64url": (_bad_chunk(_token("*" * 22)), 422, r"base64"),
