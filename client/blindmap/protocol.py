@@ -6,12 +6,28 @@ being silently ignored.
 
 from __future__ import annotations
 
+import binascii
 import uuid
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+# Bytes on the wire (tokens, sealed payloads) are base64url without padding.
+_TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
+_FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
+
+
+def b64url(raw: bytes) -> str:
+    """base64url without padding, as the protocol writes bytes (C codec, no `base64` layers)."""
+    return binascii.b2a_base64(raw, newline=False).translate(_TO_URLSAFE).rstrip(b"=").decode()
+
+
+def unb64url(text: str) -> bytes:
+    """base64url, padding optional → bytes; binascii.Error/ValueError on anything else."""
+    raw = text.encode("ascii").translate(_FROM_URLSAFE) + b"=" * (-len(text) % 4)
+    return binascii.a2b_base64(raw, strict_mode=True)
 
 
 class Role(StrEnum):

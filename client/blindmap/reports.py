@@ -46,7 +46,6 @@ every cell that a spreadsheet would run as a formula is neutralised (OWASP: a le
 
 from __future__ import annotations
 
-import base64
 import binascii
 import csv
 import html
@@ -109,17 +108,8 @@ Cell: TypeAlias = str | int | None
 # --------------------------------------------------------------------------- keys
 
 
-_FROM_URLSAFE: Final = bytes.maketrans(b"-_", b"+/")
-
-
-def _b64decode(text: str) -> bytes:
-    """base64url (padding optional) → bytes; binascii.Error on anything else."""
-    raw = text.encode("ascii").translate(_FROM_URLSAFE) + b"=" * (-len(text) % 4)
-    return binascii.a2b_base64(raw, strict_mode=True)
-
-
-def _b64encode(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+_b64decode: Final = protocol.unb64url
+_b64encode: Final = protocol.b64url
 
 
 class ReportKeys:

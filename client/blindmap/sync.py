@@ -31,7 +31,6 @@ staging directory, never all held together.
 
 from __future__ import annotations
 
-import binascii
 import csv
 import hashlib
 import io
@@ -684,12 +683,7 @@ def upload_digest(chunk_digests: Iterable[bytes]) -> str:
     return h.hexdigest()
 
 
-_URLSAFE: Final = bytes.maketrans(b"+/", b"-_")
-
-
-def _b64(data: bytes) -> str:
-    """base64url without padding (what `base64.urlsafe_b64encode` + rstrip give, faster)."""
-    return binascii.b2a_base64(data, newline=False).translate(_URLSAFE).rstrip(b"=").decode()
+_b64: Final = protocol.b64url
 
 
 _U16: Final = struct.Struct(">H").pack
