@@ -43,6 +43,21 @@ def current(session: Session, partnership_id: uuid.UUID, owner_id: uuid.UUID) ->
     return row
 
 
+# A policy version never changes once written: its parsed document is kept per process.
+_PARSED: dict[tuple[uuid.UUID, uuid.UUID, int], Policy] = {}
+
+
+def parsed(row: PolicyRow) -> Policy:
+    """`row`'s document as a Policy, validated once per process and version."""
+    key = (row.partnership_id, row.owner_id, row.version)
+    got = _PARSED.get(key)
+    if got is None:
+        if len(_PARSED) >= 4096:
+            _PARSED.clear()
+        got = _PARSED[key] = Policy.model_validate(row.document)
+    return got
+
+
 def current_both(session: Session, partnership_id: uuid.UUID) -> dict[uuid.UUID, PolicyRow]:
     """Both owners' current policies of a partnership in one read: owner -> row."""
     rows = session.execute(
@@ -105,8 +120,7 @@ def partner_view(
 ) -> protocol.PartnerPolicy:
     """The owner's current policy as the viewer may see it: hidden populations omitted."""
     owner_row, viewer_row = current(session, p.id, owner_id), current(session, p.id, viewer_id)
-    owner_policy = Policy.model_validate(owner_row.document)
-    viewer_policy = Policy.model_validate(viewer_row.document)
+    owner_policy, viewer_policy = parsed(owner_row), parsed(viewer_row)
     pops = session.execute(
         select(Population).where(Population.company_id == owner_id).order_by(Population.slug)
     ).scalars()

@@ -34,7 +34,6 @@ from service.models import (
     tokens,
     utcnow,
 )
-from service.models import Policy as PolicyRow
 from service.partnership import service as partnerships
 from service.policy import service as policies
 from service.population.service import PopulationRepository
@@ -448,20 +447,6 @@ def committed_count(session: Session, upload_num: int) -> int:
     )
 
 
-# A policy version never changes once written: its parsed document is kept per process.
-_POLICIES: dict[tuple[uuid.UUID, uuid.UUID, int], Policy] = {}
-
-
-def _policy_of(row: PolicyRow) -> Policy:
-    key = (row.partnership_id, row.owner_id, row.version)
-    got = _POLICIES.get(key)
-    if got is None:
-        if len(_POLICIES) >= 4096:
-            _POLICIES.clear()
-        got = _POLICIES[key] = Policy.model_validate(row.document)
-    return got
-
-
 def sync_status(
     session: Session, caller: Principal, pid: uuid.UUID
 ) -> protocol.PartnershipSyncStatus:
@@ -488,8 +473,8 @@ def sync_status(
     partner_policy = my_policy = None
     if p.status != "ended":
         current = policies.current_both(session, p.id)
-        my_policy = _policy_of(current[caller.company_id])
-        partner_policy = _policy_of(current[partner_id])
+        my_policy = policies.parsed(current[caller.company_id])
+        partner_policy = policies.parsed(current[partner_id])
     own_nums = [up.num for up, _ in rows if up.company_id == caller.company_id]
     job_states: dict[int, protocol.JobState] = {}
     if own_nums:
