@@ -30,6 +30,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check client/blindmap service tests bench
 	$(BIN)/mypy
+	.ci/audit
 
 # `make bench` runs every benchmark; the end-to-end one (bench/bench_e2e.py) at SIZE
 # accounts per side: 100k by default, `make bench SIZE=1m` for 1M.
