@@ -167,6 +167,9 @@ def _field_errors(raw: Any) -> list[dict[str, Any]]:
         message = err.get("msg", "invalid")
         if err.get("type") == "extra_forbidden":
             message = f"unknown field '{field}'"
+        elif err.get("type") == "json_invalid":  # loc is ("body", <character offset>)
+            why = (err.get("ctx") or {}).get("error", message)
+            field, message = "body", f"invalid JSON at character {loc[-1]}: {why}"
         out.append(
             {"field": field, "in": where or "body", "message": message, "type": err.get("type")}
         )

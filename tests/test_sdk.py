@@ -65,9 +65,9 @@ def test_validation_error_names_fields(sdk, tenants):
 
 def test_env_fallbacks(monkeypatch):
     monkeypatch.setenv("BLINDMAP_API_KEY", "bmk_from_env")
-    monkeypatch.setenv("BLINDMAP_URL", "http://escrow.example:9000/")
+    monkeypatch.setenv("BLINDMAP_URL", "https://escrow.example:9000/")
     c = blindmap.Client()
-    assert c.api_key == "bmk_from_env" and c.base_url == "http://escrow.example:9000"
+    assert c.api_key == "bmk_from_env" and c.base_url == "https://escrow.example:9000"
     assert "bmk_from_env" not in repr(c)
     monkeypatch.delenv("BLINDMAP_API_KEY")
     with pytest.raises(blindmap.BlindmapError, match="BLINDMAP_API_KEY"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import random
 import time
@@ -26,11 +27,27 @@ _MAX_RETRY_AFTER = 60.0
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
+def _refuse_plain_http(url: str) -> None:
+    """The API key must not cross a network in clear: `http://` only to this machine."""
+    u = httpx.URL(url)
+    if u.scheme == "http" and u.host != "localhost":
+        try:
+            loopback = ipaddress.ip_address(u.host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise BlindmapError(
+                f"refusing to send the API key in clear to {u.host}: use https://{u.host} "
+                "(BLINDMAP_URL / --url; plain http:// is for localhost only)"
+            )
+
+
 class Client:
     """A connection to a Blindmap escrow.
 
-    `api_key` falls back to `BLINDMAP_API_KEY`, `base_url` to `BLINDMAP_URL`. Pass
-    `http_client` to supply your own `httpx.Client` (tests pass the app's TestClient).
+    `api_key` falls back to `BLINDMAP_API_KEY`, `base_url` to `BLINDMAP_URL`; `http://`
+    is refused unless to a loopback address. Pass `http_client` to supply your own
+    `httpx.Client` (tests pass the app's TestClient); its transport is then yours.
     """
 
     def __init__(
@@ -50,6 +67,8 @@ class Client:
                 "(an admin creates one with `blindmap keys create`)"
             )
         url = base_url or os.environ.get("BLINDMAP_URL") or DEFAULT_BASE_URL
+        if http_client is None:
+            _refuse_plain_http(url)
         self.base_url = url.rstrip("/")
         self.key_file = key_file
         self.max_retries = max_retries

@@ -364,16 +364,21 @@ def _partner_record(
     return protocol.PartnerRecord.model_validate(_Releaser(up, pop, eff).record(ref, sealed))
 
 
-def _cursor(cursor: str | None) -> tuple[int, int]:
+def _cursor(cursor: str | None, lists: set[int]) -> tuple[int, int]:
+    """(upload, seq) of a cursor, which must point into one of the `lists` paged (a cursor
+    of another partnership or report, or of a list since replaced, is refused)."""
     if not cursor:
         return (0, -1)
     try:
         a, b = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if int(a) not in lists:
+            raise ValueError(a)
         return int(a), int(b)
     except (ValueError, TypeError, binascii.Error):
         raise errors.Unprocessable(
-            "Invalid cursor",
-            errors=[{"field": "cursor", "in": "query", "message": "not a cursor this API issued"}],
+            "Invalid cursor: not one this report issued, or the list it pages was replaced "
+            "since; start again without a cursor",
+            errors=[{"field": "cursor", "in": "query", "message": "not a cursor of this report"}],
         ) from None
 
 
@@ -398,7 +403,7 @@ def overlaps(
         theirs not in ctx.theirs or ctx.eff(theirs, mine).level < Share.count
     ):
         raise errors.NotFound(f"No population '{theirs}' of your partner is visible to you.")
-    after_up, after_seq = _cursor(cursor)
+    after_up, after_seq = _cursor(cursor, {u.num for y, u in ctx.mine.items() if mine in (None, y)})
     items: list[dict[str, Any]] = []
     released = 0
     next_cursor = None
@@ -460,7 +465,7 @@ def white_space(
             raise errors.NotFound(f"Your partner shares no population '{theirs}' in full.")
         full = [theirs]
     my_nums = [ctx.mine[y].num for y in (not_in if not_in else list(ctx.mine))]
-    after_up, after_seq = _cursor(cursor)
+    after_up, after_seq = _cursor(cursor, {ctx.theirs[x].num for x in full})
     items: list[protocol.PartnerRecord] = []
     next_cursor = None
     for x in sorted(full, key=lambda s: ctx.theirs[s].num):
