@@ -263,6 +263,7 @@ def pytest_sessionfinish(session, exitstatus):  # type: ignore[no-untyped-def]
         workeroutput["skipped_pg"] = list(_skipped_pg)
 
 
+@pytest.hookimpl(optionalhook=True)  # xdist's hook: absent under -p no:xdist
 def pytest_testnodedown(node, error):  # type: ignore[no-untyped-def]
     out = getattr(node, "workeroutput", {})
     for b, n in out.get("backend_counts", {}).items():

@@ -84,8 +84,8 @@ def invite(session: Session, caller: Principal, partner_slug: str) -> Partnershi
     ).scalar_one_or_none()
     if existing is not None:
         raise errors.Conflict(
-            f"You already have a {existing.status} partnership with '{partner_slug}' "
-            f"({existing.id}); end it before inviting again.",
+            f"You already have a partnership with '{partner_slug}' ({existing.id}, "
+            f"{existing.status}); end it before inviting again.",
             partnership_id=str(existing.id),
         )
     p = Partnership(
