@@ -632,3 +632,32 @@ def test_ref_maker_ascii_refs_are_the_refs_encoded() -> None:
     maker = crypto.RefMaker(bytes(32), uuid.UUID(int=1))
     ids = ["a", "001x", "é", ""]
     assert maker.refs_ascii(ids) == [r.encode("ascii") for r in maker.refs(ids)]
+
+
+@pytest.mark.parametrize(
+    ("plain", "opens"),
+    [
+        (b'{"a":"x","b":null}', True),
+        (b' {"a": 1}\n', True),  # whitespace around: json.loads takes it, so both do
+        (b'{"a":"\\u00e9","b":[1,{"c":true}]}', True),
+        (b"[1,2]", False),  # authentic but not an object
+        (b'{"a":1} trailing', False),
+        (b"not json", False),
+        (b"\xff\xfe", False),  # not UTF-8
+        (b"", False),
+    ],
+)
+def test_open_or_none_agrees_with_open(plain: bytes, opens: bool) -> None:
+    key, aad, nonce = bytes(range(32)), b"aad", bytes(12)
+    sealer = crypto.Sealer(key)
+    blob = nonce + AESGCM(key).encrypt(nonce, plain, aad)
+    try:
+        expected: dict[str, Any] | None = sealer.open(aad, blob)
+    except crypto.SealError:
+        expected = None
+    assert (expected is not None) is opens
+    assert sealer.open_or_none(aad, blob) == expected
+    # tampered, wrong AAD, truncated: None, never an exception
+    assert sealer.open_or_none(aad, blob[:-1] + bytes([blob[-1] ^ 1])) is None
+    assert sealer.open_or_none(b"other", blob) is None
+    assert sealer.open_or_none(aad, blob[:27]) is None
