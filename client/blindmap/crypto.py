@@ -466,7 +466,7 @@ class FlatFields:
 
 # `json.loads` minus its Python layers (loads -> decode -> raw_decode): the C scanner.
 _scan_json: Final[Callable[[str, int], tuple[Any, int]]] = json.scanner.make_scanner(
-    json.JSONDecoder()
+    json.JSONDecoder()  # type: ignore[arg-type]  # typeshed types the argument as itself
 )
 
 
