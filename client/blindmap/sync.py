@@ -34,6 +34,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import itertools
 import json
 import operator
 import os
@@ -337,6 +338,10 @@ class _HashingLines:
         self.sha = hashlib.sha256()
 
     def __iter__(self) -> Iterator[str]:
+        # the lines of each block, chained in C (a generator per line cost ~0.2 us a line)
+        return itertools.chain.from_iterable(self._blocks())
+
+    def _blocks(self) -> Iterator[io.StringIO]:
         update = self.sha.update
         physical = 0  # lines before the current block
         carry = b""
@@ -375,7 +380,7 @@ class _HashingLines:
                 ) from None
             physical += block.count(b"\n")
             # newline="": line ends are kept as they are, for csv to handle (RFC 4180)
-            yield from io.StringIO(text, newline="")
+            yield io.StringIO(text, newline="")
             if not data:
                 return
 
@@ -487,11 +492,9 @@ def read_accounts(
         except StopIteration:
             raise SyncInputError(p, 1, "the file is empty (expected a header row)") from None
 
-        def chained() -> Iterator[str]:
-            yield first
-            yield from it
-
-        reader = csv.reader(chained(), delimiter=_sniff_delimiter(first), strict=True)
+        reader = csv.reader(
+            itertools.chain((first,), it), delimiter=_sniff_delimiter(first), strict=True
+        )
         try:
             header = next(reader)
         except csv.Error as exc:
