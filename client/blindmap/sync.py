@@ -441,26 +441,6 @@ class _SharedCells(dict[str, str]):
         return value
 
 
-class _SharedValues(dict[Any, tuple[str, ...]]):
-    """A row's raw optional cells (a tuple, or one cell) → `Account.values`, one tuple
-    object per distinct combination: CRM exports repeat a few owners, stages, types and
-    countries, so a row costs one lookup. Stops remembering after `LIMIT` combinations."""
-
-    __slots__ = ("_cell",)
-    LIMIT: Final = 100_000
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._cell = _SharedCells().__getitem__
-
-    def __missing__(self, raw: tuple[str, ...] | str) -> tuple[str, ...]:
-        cell = self._cell
-        values = (cell(raw),) if type(raw) is str else tuple([cell(c) for c in raw])
-        if len(self) < self.LIMIT:
-            self[raw] = values
-        return values
-
-
 _new_tuple: Final = tuple.__new__  # a NamedTuple without its Python-level __new__
 _CUT: Final = slice(MAX_FIELD_CHARS)  # `cell[:MAX_FIELD_CHARS]` as `getitem(cell, _CUT)`
 
@@ -549,9 +529,15 @@ def read_accounts(
         # URLs would be the largest thing in memory
         field_names = tuple(f for f in CANONICAL_FIELDS[3:] if f in cols)
         value_idx = [cols[f][0] for f in field_names]
-        # a row's optional cells: a tuple of them, or the one cell, then its values
-        values_of = operator.itemgetter(*value_idx) if value_idx else None
-        kept_values = _SharedValues().__getitem__
+        kept_value = _SharedCells().__getitem__
+        # a row's optional cells as a tuple (itemgetter of one index gives the cell alone)
+        values_of: Callable[[list[str]], Iterable[str]] | None = (
+            None
+            if not value_idx
+            else operator.itemgetter(*value_idx)
+            if len(value_idx) > 1
+            else operator.itemgetter(slice(value_idx[0], value_idx[0] + 1))
+        )
         name_of = operator.itemgetter(name_idx) if name_idx is not None else None
         kept: list[tuple[int, str, str, list[str], list[Account]]] = []
         width = len(header)
@@ -662,7 +648,7 @@ def read_accounts(
                     else repeat("")
                 )
                 values: Iterable[tuple[str, ...]] = (
-                    map(kept_values, map(values_of, k_rows))
+                    map(tuple, map(map, repeat(kept_value), map(values_of, k_rows)))
                     if values_of is not None
                     else repeat(())
                 )
