@@ -49,7 +49,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import repeat
-from operator import attrgetter, getitem
+from operator import attrgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 
@@ -442,7 +442,6 @@ class _SharedCells(dict[str, str]):
 
 
 _new_tuple: Final = tuple.__new__  # a NamedTuple without its Python-level __new__
-_CUT: Final = slice(MAX_FIELD_CHARS)  # `cell[:MAX_FIELD_CHARS]` as `getitem(cell, _CUT)`
 
 
 def read_accounts(
@@ -530,16 +529,8 @@ def read_accounts(
         field_names = tuple(f for f in CANONICAL_FIELDS[3:] if f in cols)
         value_idx = [cols[f][0] for f in field_names]
         kept_value = _SharedCells().__getitem__
-        # a row's optional cells as a tuple (itemgetter of one index gives the cell alone)
-        values_of: Callable[[list[str]], Iterable[str]] | None = (
-            None
-            if not value_idx
-            else operator.itemgetter(*value_idx)
-            if len(value_idx) > 1
-            else operator.itemgetter(slice(value_idx[0], value_idx[0] + 1))
-        )
-        name_of = operator.itemgetter(name_idx) if name_idx is not None else None
-        kept: list[tuple[int, str, str, list[str], list[Account]]] = []
+        n_values = len(value_idx)
+        values_of = operator.itemgetter(*value_idx) if n_values > 1 else None
         width = len(header)
         accounts: dict[str, list[Account]] = {}
         if population is not None:
@@ -636,32 +627,12 @@ def read_accounts(
                         continue
                     doms.add(dom)
                     ids.add(local_id)
-                    kept.append((line, local_id, dom, row, out))
-                if not kept:
-                    continue
-                # the kept rows' remaining cells and their Accounts, column-wise in C
-                k_lines, k_ids, k_doms, k_rows, k_outs = zip(*kept, strict=True)
-                kept.clear()
-                names: Iterable[str] = (
-                    map(getitem, map(str.strip, map(name_of, k_rows)), repeat(_CUT))
-                    if name_of is not None
-                    else repeat("")
-                )
-                values: Iterable[tuple[str, ...]] = (
-                    map(tuple, map(map, repeat(kept_value), map(values_of, k_rows)))
-                    if values_of is not None
-                    else repeat(())
-                )
-                made = map(
-                    _new_tuple,
-                    repeat(Account),
-                    zip(k_lines, k_ids, names, k_doms, values, strict=False),  # repeat() is endless
-                )
-                if len(per_pop) == 1:  # one population so far (the usual case): one list
-                    k_outs[0].extend(made)
-                else:
-                    for out, account in zip(k_outs, made, strict=True):
-                        out.append(account)
+                    if values_of is not None:
+                        values = tuple(map(kept_value, values_of(row)))
+                    else:
+                        values = (kept_value(row[value_idx[0]]),) if n_values else ()
+                    nm = row[name_idx].strip()[:MAX_FIELD_CHARS] if name_idx is not None else ""
+                    out.append(_new_tuple(Account, (line, local_id, nm, dom, values)))
         # unmapped-population rows were recorded while parsing, ahead of their batch
         skipped.sort(key=_by_line)
         # finish hashing any bytes after a trailing blank line the reader did not ask for
