@@ -89,6 +89,11 @@ def main(argv: list[str]) -> None:
     )
 
     domain_rate = _timed("domain, 1 process", args.rows, lambda: _domains(websites))
+    batch_rate = _timed(
+        "domains_with_reason (sync's batch path)",
+        args.rows,
+        lambda: normalize.domains_with_reason(websites),
+    )
     name_rate = _timed("name, 1 process", args.rows, lambda: _names(names))
     both_rate = _timed("domain + name per row, 1 process", args.rows, lambda: _both(pairs))
     par_rate = _timed(
@@ -102,7 +107,7 @@ def main(argv: list[str]) -> None:
     cells = [
         "normalize",
         f"{args.rows:,} rows",
-        f"domain {domain_rate:,.0f}/s",
+        f"domain {domain_rate:,.0f}/s (batch {batch_rate:,.0f}/s)",
         f"name {name_rate:,.0f}/s",
         f"row (domain+name) {both_rate:,.0f}/s",
         f"row x{args.procs} procs {par_rate:,.0f}/s",

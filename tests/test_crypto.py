@@ -578,3 +578,86 @@ def test_flat_fields_encode_like_canonical_json(fields: dict[str, str | None]) -
     flat = crypto.FlatFields(fields)
     assert flat.names == tuple(sorted(fields))
     assert flat.encode([fields[n] for n in flat.names]) == crypto.canonical_json(fields)
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=10), max_size=6),
+    st.lists(st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=10), max_size=6),
+)
+def test_flat_fields_columns_encode_like_one_record_at_a_time(
+    first: list[str], second: list[str]
+) -> None:
+    """`encode_columns` writes each record as `encode` does, "" as null where nullable."""
+    n = min(len(first), len(second))
+    first, second = first[:n], second[:n]
+    flat = crypto.FlatFields(["b", "a"])
+    got = flat.encode_columns({"a": first, "b": second}, nullable=["b"])
+    assert got == [flat.encode([a, b or None]) for a, b in zip(first, second, strict=True)]
+    assert got == [crypto.canonical_json({"a": a, "b": b or None}) for a, b in zip(first, second)]
+
+
+def test_flat_fields_columns_refuse_what_encode_refuses() -> None:
+    flat = crypto.FlatFields(["a"])
+    with pytest.raises(crypto.SealError):
+        flat.encode_columns({"a": ["ok", "\ud800"]})  # a lone surrogate is not UTF-8
+    with pytest.raises(crypto.SealError):
+        flat.encode_columns({"a": ["ok", None]})  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="expected columns"):
+        flat.encode_columns({"b": ["x"]})
+    with pytest.raises(crypto.SealError):
+        crypto.FlatFields(["a", "b"]).encode_columns({"a": ["x", "y"], "b": ["x"]})
+
+
+def test_seal_columns_equals_seal_encoded_many(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fixed(n: int) -> bytes:
+        return b"".join(i.to_bytes(12, "big") for i in range(n))
+
+    monkeypatch.setattr(crypto, "_random_nonces", fixed)
+    sealer = crypto.Sealer(bytes(range(32)))
+    aads = [b"aad-%d" % i for i in range(300)]
+    plains = [b'{"a":"%d"}' % i for i in range(300)]
+    got = sealer.seal_columns(aads, plains)
+    assert got == sealer.seal_encoded_many(list(zip(aads, plains, strict=True)))
+    assert [sealer.open(a, b) for a, b in zip(aads, got, strict=True)] == [
+        json.loads(p) for p in plains
+    ]
+    assert got[:3] == sealer.seal_columns(aads[:3], plains[:3])  # cached slices, fewer
+    assert sealer.seal_columns([], []) == []
+    with pytest.raises(ValueError, match="one AAD per payload"):
+        sealer.seal_columns(aads[:2], plains[:1])
+
+
+def test_ref_maker_ascii_refs_are_the_refs_encoded() -> None:
+    maker = crypto.RefMaker(bytes(32), uuid.UUID(int=1))
+    ids = ["a", "001x", "é", ""]
+    assert maker.refs_ascii(ids) == [r.encode("ascii") for r in maker.refs(ids)]
+
+
+@pytest.mark.parametrize(
+    ("plain", "opens"),
+    [
+        (b'{"a":"x","b":null}', True),
+        (b' {"a": 1}\n', True),  # whitespace around: json.loads takes it, so both do
+        (b'{"a":"\\u00e9","b":[1,{"c":true}]}', True),
+        (b"[1,2]", False),  # authentic but not an object
+        (b'{"a":1} trailing', False),
+        (b"not json", False),
+        (b"\xff\xfe", False),  # not UTF-8
+        (b"", False),
+    ],
+)
+def test_open_or_none_agrees_with_open(plain: bytes, opens: bool) -> None:
+    key, aad, nonce = bytes(range(32)), b"aad", bytes(12)
+    sealer = crypto.Sealer(key)
+    blob = nonce + AESGCM(key).encrypt(nonce, plain, aad)
+    try:
+        expected: dict[str, Any] | None = sealer.open(aad, blob)
+    except crypto.SealError:
+        expected = None
+    assert (expected is not None) is opens
+    assert sealer.open_or_none(aad, blob) == expected
+    # tampered, wrong AAD, truncated: None, never an exception
+    assert sealer.open_or_none(aad, blob[:-1] + bytes([blob[-1] ^ 1])) is None
+    assert sealer.open_or_none(b"other", blob) is None
+    assert sealer.open_or_none(aad, blob[:27]) is None

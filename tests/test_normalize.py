@@ -55,6 +55,7 @@ def test_public_surface() -> None:
             "SkipReason",
             "domain",
             "domain_with_reason",
+            "domains_with_reason",
             "name",
             "name_with_reason",
         ]
@@ -125,6 +126,100 @@ def test_psl_walk_agrees_with_the_publicsuffixlist_library() -> None:
         host = "a.b." + idna.encode(rule.lstrip("!").replace("*", "w"), uts46=True).decode()
         start = normalize._PSL.suffix_start(host)
         assert host[start:] == reference.publicsuffix(host), host
+
+
+def _reference_classify_host(host: str) -> Normalized:
+    """Step 5 as first written: the three-set PSL walk, then each list's own walk."""
+    if not host or host[0] == "." or host[-1] == "." or ".." in host:
+        return Normalized(None, "unparseable")
+    top = host[host.rfind(".") + 1 :]
+    if re.fullmatch(r"0x[0-9a-f]*|[0-9]+", top):
+        return Normalized(None, "ip-address" if normalize._is_ipv4(host) else "unparseable")
+    if top in normalize._SPECIAL_USE_TLDS:
+        return Normalized(None, "special-use")
+    if "." not in host:
+        return Normalized(None, "single-label")
+    start = normalize._PSL.suffix_start(host)
+    if start < 0:
+        return Normalized(None, "unknown-tld")
+    if start == 0:
+        return Normalized(None, "public-suffix")
+    registrable = host[host.rfind(".", 0, start - 1) + 1 :]
+    if normalize._PLATFORMS.matches(host, registrable):
+        return Normalized(None, "platform")
+    if normalize._FREEMAIL.matches(host, registrable):
+        return Normalized(None, "free-mail")
+    return Normalized(registrable, None)
+
+
+def _walk_hosts() -> list[str]:
+    """Hosts around every PSL rule, exception, wildcard and list entry, and generated ones."""
+    text = data_text("public_suffix_list.dat")
+    bases = set()
+    for line in text.splitlines():
+        if line.strip() and not line.startswith("//"):
+            rule = line.split()[0].lstrip("!")
+            bases.add(idna.encode(rule.replace("*", "w"), uts46=True).decode())
+            if rule.startswith("*."):
+                bases.add(idna.encode(rule[2:], uts46=True).decode())
+    for filename in ("freemail-v1.txt", "platforms-v1.txt"):
+        for entry in list_entries(filename):
+            host = entry.split("/", 1)[0].lower()
+            bases.add(host.replace("*", "com"))
+            bases.add(host.replace("*", "co.uk"))
+            bases.add(host.replace("*", "nosuchtld"))
+    hosts = set()
+    for base in bases:
+        for prefix in ("", "a.", "www.", "a.b.", "www.a.b.", "1.", "gmail.", "yahoo."):
+            hosts.add(prefix + base)
+    for a in generate_accounts(5_000, seed=13):
+        for cell in (a.website or "").split():
+            hosts.add(cell.lower().split("//")[-1].split("/")[0].split("@")[-1].split(":")[0])
+    hosts.update(["", ".", "a..b", "com", "1.2.3.4", "0x7f.1", "a.0x", "x.local", "a.b."])
+    return sorted(hosts)
+
+
+def test_single_dict_host_walk_agrees_with_the_reference_walk() -> None:
+    hosts = _walk_hosts()
+    assert len(hosts) > 50_000
+    wrong = [
+        h for h in hosts if normalize._classify_host_uncached(h) != _reference_classify_host(h)
+    ]
+    assert wrong == []
+    reasons = {_reference_classify_host(h).reason for h in hosts}
+    assert reasons == set(SKIP_REASONS) - {"empty"} | {None}  # every branch was exercised
+
+
+def test_host_walk_agrees_when_lists_name_psl_entries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lists naming exception, wildcard and rule entries, and brands, as platforms and
+    free-mail (none does today): the single-dict walk still equals the reference."""
+    psl = normalize._PSL
+    odd = sorted(psl.exceptions)[:20] + sorted(psl.wildcards)[:20] + sorted(psl.rules)[:40]
+    sub = ["a." + h for h in odd]
+    extra = odd + sub
+    # a host and its parent on different lists: the platform one must win
+    plat = odd[::2] + sub[1::2] + ["acme.*"]
+    free = odd[1::2] + sub[::2] + ["acme.*"]
+    platforms = normalize._HostList(list_entries("platforms-v1.txt") + plat)
+    freemail = normalize._HostList(list_entries("freemail-v1.txt") + free)
+    monkeypatch.setattr(normalize, "_PLATFORMS", platforms)
+    monkeypatch.setattr(normalize, "_FREEMAIL", freemail)
+    monkeypatch.setattr(normalize, "_SUFFIX_FLAGS", normalize._suffix_flags())
+    monkeypatch.setattr(normalize, "_BRAND_FLAGS", normalize._brand_flags())
+    hosts = [p + h for h in extra for p in ("", "a.", "b.a.", "www.")] + ["acme.com", "w.acme.de"]
+    wrong = [
+        h for h in hosts if normalize._classify_host_uncached(h) != _reference_classify_host(h)
+    ]
+    assert wrong == []
+    reasons = {_reference_classify_host(h).reason for h in hosts}
+    assert {"platform", "free-mail", "public-suffix"} <= reasons
+
+
+def test_batch_domains_equal_one_by_one() -> None:
+    cells: list[str | None] = [a.website for a in generate_accounts(5_000, seed=14)]
+    cells += [c for cases in DOMAIN_CASES.values() for c, _, _ in cases] + [None, ""]
+    assert normalize.domains_with_reason(cells) == [domain_with_reason(c) for c in cells]
+    assert normalize.domains_with_reason(iter(cells)) == normalize.domains_with_reason(cells)
 
 
 # --- table-driven rules -------------------------------------------------------------------

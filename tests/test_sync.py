@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from blindmap import crypto, normalize, protocol
 from blindmap import sync as bsync
@@ -396,6 +397,68 @@ def _records(chunks: list[bsync.Chunk]) -> list[dict[str, Any]]:
             assert json.dumps(json.loads(line), separators=(",", ":")).encode() == line  # compact
             out.append(json.loads(line))
     return out
+
+
+@pytest.mark.parametrize("kinds", [["domain"], ["domain", "name"]])
+@pytest.mark.parametrize(
+    "sealed", [[], ["name", "stage"], ["domain", "id", "name", "owner_email", "stage"]]
+)
+def test_binary_records_equal_one_record_at_a_time(
+    tmp_path: Path, pair: Any, monkeypatch: pytest.MonkeyPatch, kinds: list[str], sealed: list[str]
+) -> None:
+    """The column-wise builder writes, byte for byte, what the protocol's per-record
+    definition gives: ref, tokens, and both seals of the fields as a dict (empty -> null)."""
+    me, other, pid = pair
+    p = tmp_path / "mixed.csv"
+    p.write_text(
+        "Account ID,Account Name,Website,Account Owner Email,Stage\n"
+        "a1,Acme GmbH,acme.de,jo@s.example,Won\n"
+        'a2,,https://www.beta.co.uk/x,,"Lost, ""really"""\n'
+        "a3,Ünïcödé & Co,gamma.fr,ü@s.example,\n"
+        'a4,"Delta\nInc",delta.io,,Won\n'
+        ",Eps,eps.com,e@s.example,Open\n",
+        encoding="utf-8",
+    )
+    read = bsync.read_accounts(p, population="customers")
+    accounts = read.accounts["customers"]
+    assert len(accounts) == 5
+    keys, sk = keys_of(me, other, pid), crypto.self_key(me)
+    monkeypatch.setattr(crypto, "_random_nonces", counting_nonces())
+    chunks = list(
+        bsync.build_upload(
+            read, "customers", keys=keys, self_key=sk, sealed_fields=sealed,
+            token_kinds=kinds, chunk_format="binary",
+        )
+    )  # fmt: skip
+    n = len(accounts)
+    nonce = [i.to_bytes(12, "big") for i in range(2 * n)]  # self seals, then partner seals
+    mine, theirs = AESGCM(sk), AESGCM(keys.key("seal"))
+    expected = []
+    for i, a in enumerate(accounts):
+        ref = crypto.pseudonymous_ref(sk, pid, a.local_id)
+        row = dict(zip(read.field_names, a.values, strict=True))
+        row.update(domain=a.domain, id=a.local_id, name=a.name)
+        toks = [("domain", keys.tokenizer("domain").token(a.domain))]
+        name_key = normalize.name(a.name)
+        if "name" in kinds and name_key:
+            toks.append(("name", keys.tokenizer("name").token(name_key)))
+        own = {
+            "domain": a.domain,
+            "id": a.local_id,
+            "name": a.name or None,
+            "population": "customers",
+        }
+        self_blob = nonce[i] + mine.encrypt(
+            nonce[i], crypto.canonical_json(own), crypto.self_aad(pid, ref)
+        )
+        partner_blob = None
+        if sealed:
+            shared = {f: row[f] or None for f in sealed}
+            partner_blob = nonce[n + i] + theirs.encrypt(
+                nonce[n + i], crypto.canonical_json(shared), crypto.partner_aad(pid, ref)
+            )
+        expected.append(bsync.encode_binary_record(ref, toks, self_blob, partner_blob))
+    assert b"".join(c.body for c in chunks) == bsync.binary_chunk_body(expected)
 
 
 def test_ndjson_record_format(tmp_path: Path, pair: Any) -> None:

@@ -53,6 +53,13 @@ def gc_paused() -> Iterator[None]:
         yield
     finally:
         if was:
+            # What was built in the pause survives it (the rows just read or decrypted):
+            # hand it to the oldest generation at once (freeze + unfreeze moves every
+            # tracked object there, in O(1)) rather than have the next young collection
+            # walk all of it, and the one after that again (measured: 2 us per decrypted
+            # report row). Nothing is lost: the oldest generation is still collected.
+            gc.freeze()
+            gc.unfreeze()
             gc.enable()
 
 

@@ -115,7 +115,7 @@ _b64encode: Final = protocol.b64url
 class ReportKeys:
     """What a report needs to open payloads of one partnership. Holds secrets; no repr."""
 
-    __slots__ = ("_keys", "_partner", "_self", "partnership_id")
+    __slots__ = ("_keys", "_p_prefix", "_partner", "_s_prefix", "_self", "partnership_id")
 
     def __init__(
         self,
@@ -133,6 +133,9 @@ class ReportKeys:
         # one AES-GCM context for all partner payloads (building one per record cost more
         # than the decryption)
         self._partner = self._keys.sealer() if self._keys is not None else None
+        # AAD = label || partnership id || ref: the constant part once
+        self._s_prefix = crypto.self_aad(partnership_id, "")
+        self._p_prefix = crypto.partner_aad(partnership_id, "")
 
     @classmethod
     def for_partnership(
@@ -149,8 +152,8 @@ class ReportKeys:
     def open_self(self, ref: str, blob: str) -> dict[str, Any] | None:
         """My own payload, or None when it does not open."""
         try:
-            return self._self.open(crypto.self_aad(self.partnership_id, ref), _b64decode(blob))
-        except (crypto.SealError, binascii.Error, ValueError):
+            return self._self.open_or_none(self._s_prefix + ref.encode(), _b64decode(blob))
+        except (binascii.Error, ValueError):  # not base64url (or not ASCII)
             return None
 
     def open_partner(self, ref: str, blob: str) -> dict[str, Any] | None:
@@ -158,10 +161,8 @@ class ReportKeys:
         if self._partner is None:
             return None
         try:
-            return self._partner.open(
-                crypto.partner_aad(self.partnership_id, ref), _b64decode(blob)
-            )
-        except (crypto.SealError, binascii.Error, ValueError):
+            return self._partner.open_or_none(self._p_prefix + ref.encode(), _b64decode(blob))
+        except (binascii.Error, ValueError):
             return None
 
     def domain_token(self, domain: str) -> str:
@@ -350,9 +351,25 @@ AnyReport: TypeAlias = Report | EcosystemReport
 # --------------------------------------------------------------------------- decrypt
 
 
+def _field_order(names: tuple[str, ...]) -> tuple[str, ...]:
+    known = [f for f in FIELD_ORDER if f in names]
+    return (*known, *sorted(set(names) - set(known)))
+
+
+_ORDERS: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+
 def _ordered(fields: Mapping[str, Any]) -> dict[str, Any]:
-    known = [f for f in FIELD_ORDER if f in fields]
-    return {k: fields[k] for k in [*known, *sorted(set(fields) - set(known))]}
+    """`fields` in FIELD_ORDER, then the others sorted (one order per key set, kept)."""
+    names = tuple(fields)
+    order = _ORDERS.get(names)
+    if order is None:
+        if len(_ORDERS) > 1_000:
+            _ORDERS.clear()
+        order = _ORDERS[names] = _field_order(names)
+    if order == names:
+        return dict(fields)
+    return {k: fields[k] for k in order}
 
 
 def _release(keys: ReportKeys, rec: protocol.PartnerRecord) -> Released:
