@@ -325,6 +325,11 @@ def parse_binary_chunk(
     wants_partner = bool(sealed_fields)
     base = n * CHUNK_SLOT
     out = ParsedChunk(upload_num=upload_num, partnership_id=partnership_id, base=base)
+    if _binary_fast(body, count, out, allowed_kinds, wants_partner, max_sealed_bytes):
+        return out
+    # Something is unusual: the checked loop below finds it and names it (or accepts the
+    # chunk, e.g. a sealed payload of ASCII bytes that are not all printable).
+    out = ParsedChunk(upload_num=upload_num, partnership_id=partnership_id, base=base)
     refs: set[str] = set()
     refs_add, ref_list_add = refs.add, out.refs.append
     self_add, partner_add = out.self_sealed.append, out.partner_sealed.append
@@ -442,6 +447,96 @@ def parse_binary_chunk(
             "record",
         )
     return out
+
+
+def _binary_fast(
+    body: bytes,
+    count: int,
+    out: ParsedChunk,
+    allowed_kinds: set[int],
+    wants_partner: bool,
+    max_sealed_bytes: int,
+) -> bool:
+    """The hot path of :func:`parse_binary_chunk`: fill `out` from a chunk that passes
+    every check, or return False at the first thing that might not (the caller then
+    re-parses with the checked loop, which words the error or accepts the chunk).
+
+    No bounds check per field: a slice past the end is short instead of failing, an
+    index or `unpack_from` past the end raises, and the offset only grows, so a body
+    that is too short for what its lengths announce always ends with the offset past
+    its end (or an exception). The refs are checked together at the end (uniqueness,
+    empty or too long, plaintext) rather than one at a time. Same rules as the checked
+    loop; tests/test_chunk_binary.py compares the two on mutated chunks."""
+    refs, ref_add = out.refs, out.refs.append
+    self_add, partner_add = out.self_sealed.append, out.partner_sealed.append
+    keys_add, seqs_add = out.token_keys.append, out.token_seqs.append
+    u32 = _U32.unpack_from
+    text_token = _TEXT_TOKEN.fullmatch
+    tok_size = 1 + TOKEN_BYTES
+    seq = out.base
+    o = 8
+    try:
+        for _ in range(count):
+            e = o + 2 + (body[o] << 8 | body[o + 1])
+            ref_add(body[o + 2 : e].decode("utf-8"))
+            nt = body[e]
+            o = e + 1
+            if nt == 1:
+                key = body[o : o + tok_size]  # kind byte + value
+                if body[o] not in allowed_kinds or (key.isascii() and text_token(key, 1)):
+                    return False
+                o += tok_size
+                keys_add(key)
+                seqs_add(seq)
+            else:
+                if nt == 0 or nt > MAX_TOKENS_PER_RECORD:
+                    return False
+                seen: set[bytes] = set()
+                for _ in range(nt):
+                    key = body[o : o + tok_size]
+                    if body[o] not in allowed_kinds or (key.isascii() and text_token(key, 1)):
+                        return False
+                    o += tok_size
+                    if key not in seen:  # a repeated token adds nothing
+                        seen.add(key)
+                        keys_add(key)
+                        seqs_add(seq)
+            ln = u32(body, o)[0]
+            o += 4
+            sealed = body[o : o + ln]
+            o += ln
+            if ln < _MIN_SEALED or ln > max_sealed_bytes or sealed.isascii():
+                return False
+            self_add(sealed)
+            ln = u32(body, o)[0]
+            o += 4
+            if ln:
+                sealed = body[o : o + ln]
+                o += ln
+                if (
+                    not wants_partner
+                    or ln < _MIN_SEALED
+                    or ln > max_sealed_bytes
+                    or sealed.isascii()
+                ):
+                    return False
+                partner_add(sealed)
+            elif wants_partner:
+                return False
+            else:
+                partner_add(None)
+            seq += 1
+    except (IndexError, struct.error, UnicodeDecodeError):
+        return False
+    if o != len(body):
+        return False
+    unique = set(refs)
+    return not (
+        len(unique) != count
+        or "" in unique
+        or max(map(len, unique), default=0) > MAX_REF_CHARS
+        or _PLAINTEXT.search("\x00".join(refs))  # NUL is neither '@', '.' nor a space
+    )
 
 
 # ---------------------------------------------------------------------- storage
@@ -582,8 +677,7 @@ def check_refs_unique(session: Session, upload_num: int, records: int) -> None:
         conn.exec_driver_sql("SET LOCAL work_mem = '64MB'")
         distinct = conn.execute(
             text(
-                "SELECT count(DISTINCT hashtextextended(ref, 0)) FROM records "
-                "WHERE upload_num = :n"
+                "SELECT count(DISTINCT hashtextextended(ref, 0)) FROM records WHERE upload_num = :n"
             ),
             {"n": upload_num},
         ).scalar_one()
