@@ -242,8 +242,9 @@ def test_copy_buffer_layout() -> None:
     assert rec[19:21] == b"\x00\x06" and rec.endswith(b"\xff\xff\xff\xff\xff\xff")
 
 
-def _outcome(body: bytes, *, wants_partner: bool) -> tuple[object, ...]:
-    """What parse_binary_chunk makes of a body: its rows, or the error it answers."""
+def _outcome(body: bytes, *, wants_partner: bool, copy_rows: bool = False) -> tuple[object, ...]:
+    """What parse_binary_chunk makes of a body: its rows and COPY streams, or the error
+    it answers."""
     try:
         out = ingest.parse_binary_chunk(
             body,
@@ -254,6 +255,7 @@ def _outcome(body: bytes, *, wants_partner: bool) -> tuple[object, ...]:
             sealed_fields=["name"] if wants_partner else [],
             max_records=100,
             max_sealed_bytes=200,
+            copy_rows=copy_rows,
         )
     except errors.ServiceError as exc:
         return ("error", exc.status, exc.detail, exc.errors, repr(vars(exc)))
@@ -350,5 +352,7 @@ def test_fast_path_agrees_with_the_checked_loop(monkeypatch: pytest.MonkeyPatch)
         checked = _outcome(body, wants_partner=wants)
         monkeypatch.undo()
         assert _outcome(body, wants_partner=wants) == checked, body
+        # the COPY rows laid out while parsing are those built from the columns
+        assert _outcome(body, wants_partner=wants, copy_rows=True) == checked, body
         monkeypatch.setattr(ingest, "_binary_fast", lambda *a, **k: False)
     assert 2 < fast < len(mutated)  # both outcomes occur

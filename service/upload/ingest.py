@@ -83,6 +83,9 @@ class ParsedChunk:
     partner_sealed: list[bytes | None] = field(default_factory=list)
     token_keys: list[bytes] = field(default_factory=list)
     token_seqs: list[int] = field(default_factory=list)
+    # The records' rows of a PostgreSQL binary COPY, when the parser built them as it
+    # went (binary chunks for PostgreSQL); else :func:`record_copy_pieces` builds them.
+    record_copy: bytearray | None = None
 
     def __len__(self) -> int:
         return len(self.refs)
@@ -304,8 +307,10 @@ def parse_binary_chunk(
     sealed_fields: list[str],
     max_records: int,
     max_sealed_bytes: int,
+    copy_rows: bool = False,
 ) -> ParsedChunk:
-    """Validate a binary chunk (docs/protocol.md §8.3) and collect its columns.
+    """Validate a binary chunk (docs/protocol.md §8.3) and collect its columns (and,
+    with `copy_rows`, the records' PostgreSQL COPY rows: see :func:`_binary_fast`).
 
     Errors name the record (1-based, like NDJSON lines) and the field, and the byte
     offset where a length runs past the end of the body. The loop is the server's hot
@@ -325,6 +330,8 @@ def parse_binary_chunk(
     wants_partner = bool(sealed_fields)
     base = n * CHUNK_SLOT
     out = ParsedChunk(upload_num=upload_num, partnership_id=partnership_id, base=base)
+    if copy_rows:
+        out.record_copy = bytearray()
     if _binary_fast(body, count, out, allowed_kinds, wants_partner, max_sealed_bytes):
         return out
     # Something is unusual: the checked loop below finds it and names it (or accepts the
@@ -475,8 +482,16 @@ def _binary_fast(
     tok_size = 1 + TOKEN_BYTES
     seq = out.base
     o = 8
+    # PostgreSQL COPY rows from slices of the body: after the fixed fields, the ref's
+    # u16 length and bytes (zero-extended to COPY's i32 length by the head), then the
+    # two sealed payloads with their u32 lengths exactly as COPY wants them (a missing
+    # partner payload becomes NULL, length -1).
+    rows = out.record_copy
+    head = _PG_RECORD_HEAD_U16.pack
+    up, pid = out.upload_num, out.partnership_id.bytes
     try:
         for _ in range(count):
+            start = o
             e = o + 2 + (body[o] << 8 | body[o + 1])
             ref_add(body[o + 2 : e].decode("utf-8"))
             nt = body[e]
@@ -501,6 +516,7 @@ def _binary_fast(
                         seen.add(key)
                         keys_add(key)
                         seqs_add(seq)
+            sealed_at = o
             ln = u32(body, o)[0]
             o += 4
             sealed = body[o : o + ln]
@@ -521,10 +537,19 @@ def _binary_fast(
                 ):
                     return False
                 partner_add(sealed)
+                if rows is not None:
+                    rows += head(6, 4, up, 8, seq, 16, pid, 0)
+                    rows += body[start:e]
+                    rows += body[sealed_at:o]
             elif wants_partner:
                 return False
             else:
                 partner_add(None)
+                if rows is not None:
+                    rows += head(6, 4, up, 8, seq, 16, pid, 0)
+                    rows += body[start:e]
+                    rows += body[sealed_at : o - 4]
+                    rows += _PG_NULL
             seq += 1
     except (IndexError, struct.error, UnicodeDecodeError):
         return False
@@ -546,6 +571,8 @@ _PGCOPY_TRAILER = b"\xff\xff"
 _PG_NULL = b"\xff\xff\xff\xff"
 # records: 6 fields; upload_num int4, seq int8, partnership_id uuid, then ref's length
 _PG_RECORD_HEAD = struct.Struct(">hiiiqi16si")
+# the same up to the partnership id, then the high half of the ref's i32 length (0)
+_PG_RECORD_HEAD_U16 = struct.Struct(">hiiiqi16sH")
 # tokens: 5 fields; upload_num int4, kind int2, value bytea(16), seq int8, partnership_id.
 # The part of a row from the kind's low byte on; what comes before it is the same in every
 # row of a chunk (field count, upload_num, the kind's length and high byte, always 0).
@@ -559,6 +586,11 @@ _COPY_PIECE = 4096
 
 def record_copy_pieces(chunk: ParsedChunk) -> Iterator[bytes | bytearray]:
     """The chunk's records as a PostgreSQL binary COPY stream, piece by piece."""
+    if chunk.record_copy is not None:
+        yield _PGCOPY_SIGNATURE
+        yield chunk.record_copy
+        yield _PGCOPY_TRAILER
+        return
     head, pack_u32 = _PG_RECORD_HEAD.pack, _U32.pack
     up, pid = chunk.upload_num, chunk.partnership_id.bytes
     refs, selfs, partners = chunk.refs, chunk.self_sealed, chunk.partner_sealed
