@@ -16,7 +16,17 @@ then each commits and the embedded worker runs the match job. Measured:
   endpoint reports the job done;
 - total matches (read back from the `matches` table; must equal 20% of N);
 - server RSS: the server process's peak VmRSS sampled every 20 ms during the uploads, and
-  its VmHWM (lifetime peak) at the end, which includes the match.
+  its VmHWM (lifetime peak) at the end, which includes the match;
+- CPU per record (the figure to compare on a shared machine, where wall clock depends on
+  the neighbours): user + system time of the server process and, on PostgreSQL, of the
+  scratch database's backends (read from /proc/<pid>/stat; backends from
+  pg_stat_activity), over the PUTs and commits of both sides, divided by 2N. PostgreSQL's
+  shared background processes (WAL writer, checkpointer) serve every database on the
+  machine and are not counted.
+
+`--together` sends both sides at the same time (each with `--inflight` PUTs
+outstanding), as the end-to-end benchmark's two companies do; the rate is then 2N over
+the wall clock from the first PUT to the last commit.
 
 Tokens are synthetic 16-byte values (keyed BLAKE2b of the record number) with exactly
 the intended overlap; refs are 32 random-looking hex characters; the sealed payloads are
@@ -267,6 +277,51 @@ def _proc_kb(pid: int, field_name: str) -> int:
     return 0
 
 
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
+
+
+def db_backends(url: str) -> list[int]:
+    """PIDs of the PostgreSQL backends connected to the scratch database (none: SQLite)."""
+    if not url.startswith("postgresql"):
+        return []
+    import psycopg
+
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(_pg_admin(), autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s", (name,)
+        ).fetchall()
+    return [int(r[0]) for r in rows]
+
+
+class CpuMeter:
+    """CPU seconds of the server process and of the database's backends between
+    :meth:`start` and :meth:`stop` (backends that connect in between count from 0)."""
+
+    def __init__(self, server: Server, url: str) -> None:
+        self.server, self.url = server, url
+        self.server_s = self.db_s = 0.0
+
+    def start(self) -> None:
+        self._srv0 = proc_cpu_s(self.server.proc.pid)
+        self._db0 = {pid: proc_cpu_s(pid) for pid in db_backends(self.url)}
+
+    def stop(self) -> None:
+        self.server_s += proc_cpu_s(self.server.proc.pid) - self._srv0
+        for pid in db_backends(self.url):
+            self.db_s += proc_cpu_s(pid) - self._db0.get(pid, 0.0)
+
+
 class Server:
     """`blindmap-server serve` in a subprocess; its RSS is read from /proc."""
 
@@ -457,15 +512,22 @@ def wait_match(http: httpx.Client, key: str, pid: str, timeout: float) -> float 
 
 
 def run_once(
-    db: str, n: int, chunk: int, match_timeout: float, fmt: str = "binary", inflight: int = 1
+    db: str,
+    n: int,
+    chunk: int,
+    match_timeout: float,
+    fmt: str = "binary",
+    inflight: int = 1,
+    together: bool = False,
 ) -> dict[str, Any]:
     t0 = time.perf_counter()
     chunks_a = build_chunks("a", n, chunk, fmt)
     size = sum(map(len, chunks_a))
+    chunks_b = build_chunks("b", n, chunk, fmt) if together else []
     print(
         f"  [{db}] built {len(chunks_a)} {fmt} chunks of {chunk:,} records for side A "
-        f"({size / n:.0f} bytes/record) in {time.perf_counter() - t0:.1f} s; "
-        f"load {os.getloadavg()[0]:.2f}",
+        f"({size / n:.0f} bytes/record){' and B' if together else ''} in "
+        f"{time.perf_counter() - t0:.1f} s; load {os.getloadavg()[0]:.2f}",
         flush=True,
     )
     with scratch_database(db) as url:
@@ -475,17 +537,41 @@ def run_once(
             with httpx.Client(base_url=server.base, timeout=300) as http:
                 pid = setup_partnership(http, keys)
                 rss_idle = server.rss_mb()
-                a = upload_side(http, server, keys["acme"], pid, chunks_a, n, fmt, inflight)
-                del chunks_a
-                wait_match(http, keys["acme"], pid, 60)  # A's job: nothing to join yet
-                print(
-                    f"  [{db}] A: ingest {a.rate:,.0f} records/s ({a.ingest_s:.1f} s), "
-                    f"commit {a.commit_s:.2f} s, server RSS peak {a.rss_peak_mb:.0f} MB",
-                    flush=True,
-                )
-                chunks_b = build_chunks("b", n, chunk, fmt)
-                b = upload_side(http, server, keys["globex"], pid, chunks_b, n, fmt, inflight)
-                del chunks_b
+                cpu = CpuMeter(server, url)
+                if together:
+                    cpu.start()
+                    start = time.perf_counter()
+                    with ThreadPoolExecutor(2) as pool:
+                        fa = pool.submit(
+                            upload_side, http, server, keys["acme"], pid, chunks_a, n, fmt,
+                            inflight,
+                        )  # fmt: skip
+                        fb = pool.submit(
+                            upload_side, http, server, keys["globex"], pid, chunks_b, n, fmt,
+                            inflight,
+                        )  # fmt: skip
+                        a, b = fa.result(), fb.result()
+                    wall = time.perf_counter() - start
+                    cpu.stop()
+                    del chunks_a, chunks_b
+                    wait_match(http, keys["acme"], pid, match_timeout)
+                else:
+                    cpu.start()
+                    a = upload_side(http, server, keys["acme"], pid, chunks_a, n, fmt, inflight)
+                    cpu.stop()
+                    del chunks_a
+                    wait_match(http, keys["acme"], pid, 60)  # A's job: nothing to join yet
+                    print(
+                        f"  [{db}] A: ingest {a.rate:,.0f} records/s ({a.ingest_s:.1f} s), "
+                        f"commit {a.commit_s:.2f} s, server RSS peak {a.rss_peak_mb:.0f} MB",
+                        flush=True,
+                    )
+                    chunks_b = build_chunks("b", n, chunk, fmt)
+                    cpu.start()
+                    b = upload_side(http, server, keys["globex"], pid, chunks_b, n, fmt, inflight)
+                    cpu.stop()
+                    del chunks_b
+                    wall = a.ingest_s + b.ingest_s + a.commit_s + b.commit_s
                 match_wall = wait_match(http, keys["globex"], pid, match_timeout)
                 hwm = server.hwm_mb()
         finally:
@@ -503,15 +589,20 @@ def run_once(
         "chunk": chunk,
         "format": fmt,
         "inflight": inflight,
+        "together": together,
         "load": os.getloadavg()[0],
         "ingest_a": a.rate,
         "ingest_b": b.rate,
-        "ingest": 2 * n / (a.ingest_s + b.ingest_s),
+        # PUTs alone: side by side they overlap, so the longer side's send is the span
+        "ingest": 2 * n / (max(a.ingest_s, b.ingest_s) if together else a.ingest_s + b.ingest_s),
         # the commit moves staged tokens (SQLite) and checks refs: it is part of ingest
-        "ingest_commit": 2 * n / (a.ingest_s + b.ingest_s + a.commit_s + b.commit_s),
+        "ingest_commit": 2 * n / wall,
         "chunk_median_ms": sorted(a.chunk_s + b.chunk_s)[len(a.chunk_s)] * 1000,
         "commit_a": a.commit_s,
         "commit_b": b.commit_s,
+        "server_us": cpu.server_s / (2 * n) * 1e6,
+        "db_us": cpu.db_s / (2 * n) * 1e6,
+        "cpu_us": (cpu.server_s + cpu.db_s) / (2 * n) * 1e6,
         "match_job": match_job if match_job is not None else float("inf"),
         "match_wall": match_wall if match_wall is not None else float("inf"),
         "matches": matched,
@@ -532,6 +623,12 @@ def run_once(
         f"  [{db}] B: ingest {b.rate:,.0f} records/s ({b.ingest_s:.1f} s), commit "
         f"{b.commit_s:.2f} s, {match_text}, server RSS peak {b.rss_peak_mb:.0f} MB "
         f"upload / {hwm:.0f} MB lifetime",
+        flush=True,
+    )
+    print(
+        f"  [{db}] CPU per record over the PUTs and commits: server {result['server_us']:.2f} "
+        f"µs + database backends {result['db_us']:.2f} µs = {result['cpu_us']:.2f} µs "
+        f"({2 * n / wall:,.0f} records/s incl. commits)",
         flush=True,
     )
     if match_wall is not None and matched != expected:
@@ -561,6 +658,11 @@ def main(argv: list[str]) -> None:
         default=1,
         help="chunk PUTs outstanding at once (1 = one at a time; the pipelined SDK sends 2)",
     )
+    parser.add_argument(
+        "--together",
+        action="store_true",
+        help="both sides send at the same time (as the end-to-end benchmark's companies do)",
+    )
     parser.add_argument("--runs", type=int, default=1, help="repeat and report medians")
     parser.add_argument("--quick", action="store_true", help="100k records per side")
     parser.add_argument(
@@ -586,7 +688,9 @@ def main(argv: list[str]) -> None:
     results: list[dict[str, Any]] = []
     for db in dbs:
         runs = [
-            run_once(db, n, args.chunk, args.match_timeout, args.format, args.inflight)
+            run_once(
+                db, n, args.chunk, args.match_timeout, args.format, args.inflight, args.together
+            )
             for _ in range(args.runs)
         ]
         results += runs
@@ -602,6 +706,10 @@ def main(argv: list[str]) -> None:
             ("match", med["match_job"] <= 5, f"{med['match_job']:.2f} s (<= 5 s)"),
             ("rss", med["rss_upload"] < 300, f"{med['rss_upload']:.0f} MB (< 300 MB)"),
         ]
+        print(
+            f"  [{db}] CPU per record (median): server {med['server_us']:.2f} µs + database "
+            f"{med['db_us']:.2f} µs = {med['cpu_us']:.2f} µs"
+        )
         runs_note = f"median of {len(runs)} runs" if len(runs) > 1 else "1 run"
         print(f"  [{db}] {runs_note}:")
         for name, met, text in verdicts:
@@ -609,10 +717,12 @@ def main(argv: list[str]) -> None:
         cells = [
             f"ingest {db}",
             f"{n:,} x {n:,}",
-            f"{args.format} chunks {args.chunk:,}, {args.inflight} in flight",
+            f"{args.format} chunks {args.chunk:,}, {args.inflight} in flight"
+            + (", both sides at once" if args.together else ""),
             f"ingest {med['ingest_commit']:,.0f} rec/s incl. commits "
             f"(PUTs {med['ingest']:,.0f} rec/s)",
             f"commit {med['commit_a']:.2f} / {med['commit_b']:.2f} s",
+            f"CPU {med['server_us']:.2f} + {med['db_us']:.2f} µs/record",
             f"match job {med['match_job']:.2f} s",
             f"matches {runs[0]['matches']:,}" if runs[0]["matches"] >= 0 else "matches ?",
             f"RSS upload {med['rss_upload']:.0f} MB / lifetime {med['rss_hwm']:.0f} MB",

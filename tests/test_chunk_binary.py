@@ -240,3 +240,119 @@ def test_copy_buffer_layout() -> None:
     assert tok.startswith(b"PGCOPY\n\xff\r\n\x00") and tok.endswith(b"\xff\xff")
     assert len(tok) == 19 + (2 + 4 + 4 + 4 + 2 + 4 + 16 + 4 + 8 + 4 + 16) + 2
     assert rec[19:21] == b"\x00\x06" and rec.endswith(b"\xff\xff\xff\xff\xff\xff")
+
+
+def _outcome(body: bytes, *, wants_partner: bool, copy_rows: bool = False) -> tuple[object, ...]:
+    """What parse_binary_chunk makes of a body: its rows and COPY streams, or the error
+    it answers."""
+    try:
+        out = ingest.parse_binary_chunk(
+            body,
+            n=2,
+            upload_num=5,
+            partnership_id=uuid.UUID(int=7),
+            token_kinds=["domain", "name"],
+            sealed_fields=["name"] if wants_partner else [],
+            max_records=100,
+            max_sealed_bytes=200,
+            copy_rows=copy_rows,
+        )
+    except errors.ServiceError as exc:
+        return ("error", exc.status, exc.detail, exc.errors, repr(vars(exc)))
+    return ("ok", out.record_rows, out.token_rows, ingest.copy_buffers(out))
+
+
+def test_fast_path_agrees_with_the_checked_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The unchecked fast loop (ingest._binary_fast) accepts exactly the chunks the
+    checked loop accepts, with the same rows, and leaves every rejection to it: compared
+    on valid chunks and on thousands of truncated, extended and byte-flipped ones."""
+    import random
+
+    rng = random.Random(20261123)
+
+    def sealed() -> bytes:
+        return rng.randbytes(rng.randint(28, 60))
+
+    def tok() -> bytes:
+        return rng.randbytes(16)
+
+    shared = tok()
+    bodies = []
+    for wants_partner in (True, False):
+        recs = []
+        for i in range(12):
+            toks = [("domain", shared if i % 5 == 0 else tok())]
+            if i % 3 == 0:
+                toks.append(("name", tok()))
+            if i % 4 == 0:
+                toks.append(toks[0])  # a repeated token adds nothing
+            partner = sealed() if wants_partner else None
+            recs.append(
+                encode_binary_record(f"r{i}-é" if i == 7 else f"r{i}", toks, sealed(), partner)
+            )
+        bodies.append((binary_chunk_body(recs), wants_partner))
+    # the valid chunks take the fast path (else this test would compare the loop with itself)
+    for body, wants in bodies:
+        out = ingest.ParsedChunk(upload_num=5, partnership_id=uuid.UUID(int=7), base=2_000_000)
+        assert ingest._binary_fast(body, 12, out, {0, 1}, wants, 200)
+    mutated = []
+    for body, wants in bodies:
+        mutated.append((body, wants))
+        mutated.append((body, not wants))  # partner sent where none is declared, or missing
+        for _ in range(600):
+            b = bytearray(body)
+            how = rng.randrange(5)
+            if how == 0:
+                del b[rng.randrange(8, len(b)) :]  # truncated
+            elif how == 1:
+                b += rng.randbytes(rng.randint(1, 4))  # trailing bytes
+            elif how == 2:  # flipped bytes anywhere after the magic
+                for _ in range(rng.randint(1, 3)):
+                    b[rng.randrange(4, len(b))] = rng.randrange(256)
+            elif how == 3:  # a ref or payload turned into text (@, ., space, printable)
+                i = rng.randrange(8, len(b) - 8)
+                b[i : i + 8] = rng.choice([b"a@b.com ", b"        ", b"ABCDEFGH"])
+            else:  # the record count off by one
+                struct.pack_into(">I", b, 4, 12 + rng.choice((-1, 1)))
+            mutated.append((bytes(b), wants))
+    # one record changed on purpose: every rule the fast loop checks, once each
+    toks, s, p = [("domain", tok())], sealed(), sealed()
+    odd: list[tuple[str, list[tuple[str, bytes]], bytes, bytes | None]] = [
+        ("a@b.com", toks, s, p),
+        ("x y", toks, s, p),
+        ("", toks, s, p),
+        ("r" * 65, toks, s, p),
+        ("r" * 64, toks, s, p),  # the limit itself is fine
+        ("r3", toks, s, p),  # the ref of another record
+        ("ok", [], s, p),
+        ("ok", [("domain", tok())] * 9, s, p),
+        ("ok", [("domain", b"example.com-abcd")], s, p),
+        ("ok", [("domain", b"EXAMPLE.COM-ABCD")], s, p),  # ASCII, not text
+        ("ok", toks, b"name=Jane Doe; stage=won, 2026", p),
+        ("ok", toks, b"\x01" * 30, p),  # ASCII but not printable: accepted
+        ("ok", toks, s, b"\x01" * 30),
+        ("ok", toks, s, b"short"),
+        ("ok", toks, b"x" * 27, p),
+        ("ok", toks, rng.randbytes(201), p),
+        ("ok", toks, s, rng.randbytes(200)),
+        ("ok", toks, b"", p),
+    ]
+    base = [
+        encode_binary_record(f"r{i}", [("domain", tok())], sealed(), sealed()) for i in range(5)
+    ]
+    for rec in odd:
+        body = binary_chunk_body([*base, encode_binary_record(*rec)])
+        mutated += [(body, True), (body, False)]
+    kind = bytearray(binary_chunk_body(base))
+    kind[8 + 2 + 2 + 1] = 9  # first record's token kind: an unknown code
+    mutated.append((bytes(kind), True))
+    fast = sum(1 for body, wants in mutated if _outcome(body, wants_partner=wants)[0] == "ok")
+    monkeypatch.setattr(ingest, "_binary_fast", lambda *a, **k: False)
+    for body, wants in mutated:
+        checked = _outcome(body, wants_partner=wants)
+        monkeypatch.undo()
+        assert _outcome(body, wants_partner=wants) == checked, body
+        # the COPY rows laid out while parsing are those built from the columns
+        assert _outcome(body, wants_partner=wants, copy_rows=True) == checked, body
+        monkeypatch.setattr(ingest, "_binary_fast", lambda *a, **k: False)
+    assert 2 < fast < len(mutated)  # both outcomes occur

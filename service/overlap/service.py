@@ -110,8 +110,11 @@ def run_match(session: Session, job: Job) -> None:
         # Fresh lists have no planner statistics until autovacuum gets to them, and the
         # report queries then pick plans 4x slower (1000-record overlaps page: 200 ms
         # instead of 50 ms at 1M). ANALYZE samples, so it stays cheap on large tables.
+        # The reports join and filter records only on (upload_num, seq): statistics of
+        # the ref and the sealed payloads were a third of the ANALYZE (2M records: 0.72
+        # -> 0.45 s) and no plan reads them.
         session.execute(text("ANALYZE matches"))
-        session.execute(text("ANALYZE records"))
+        session.execute(text("ANALYZE records (upload_num, seq)"))
 
 
 def _uuid_param(session: Session, value: object) -> object:

@@ -7,6 +7,7 @@ import sqlite3
 import uuid
 from collections.abc import Sequence
 from datetime import timedelta
+from typing import Any
 
 import psycopg
 from sqlalchemy import delete, func, or_, select
@@ -218,16 +219,20 @@ def put_chunk(
         if existing.sha256 == digest:
             return existing, True
         raise errors.Conflict(f"Chunk {n} was already received with different content.")
-    parse = ingest.parse_binary_chunk if binary else ingest.parse_chunk
-    parsed = parse(
-        body,
-        n=n,
-        upload_num=up.num,
-        partnership_id=up.partnership_id,
-        token_kinds=up.token_kinds,
-        sealed_fields=up.sealed_fields,
-        max_records=min(settings.max_chunk_records, ingest.CHUNK_SLOT),
-        max_sealed_bytes=settings.max_sealed_bytes,
+    limits: dict[str, Any] = {
+        "n": n,
+        "upload_num": up.num,
+        "partnership_id": up.partnership_id,
+        "token_kinds": up.token_kinds,
+        "sealed_fields": up.sealed_fields,
+        "max_records": min(settings.max_chunk_records, ingest.CHUNK_SLOT),
+        "max_sealed_bytes": settings.max_sealed_bytes,
+    }
+    parsed = (
+        # on PostgreSQL the parser also lays out the records' COPY rows as it goes
+        ingest.parse_binary_chunk(body, copy_rows=_is_postgresql(session), **limits)
+        if binary
+        else ingest.parse_chunk(body, **limits)
     )
     # the status may have changed while parsing (a commit or abort of another request)
     locked = session.execute(
@@ -254,6 +259,10 @@ def put_chunk(
             ) from None
         raise
     return chunk, False
+
+
+def _is_postgresql(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
 
 
 def chunks_of(session: Session, up: Upload) -> Sequence[UploadChunk]:
