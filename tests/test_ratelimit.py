@@ -20,6 +20,7 @@ from fastapi.testclient import TestClient
 
 import blindmap
 from service.main import create_app
+from service import ratelimit
 from service.ratelimit import TokenBuckets
 from tests.e2e.test_crash import Server
 
@@ -46,6 +47,19 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+@pytest.fixture
+def frozen_limited(limited: FastAPI, monkeypatch: pytest.MonkeyPatch) -> FastAPI:
+    """`limited` whose buckets never refill: a slow machine cannot earn a request a token
+    between two assertions. (Starlette builds the middleware, and so the buckets, at the
+    app's first request, after this patch.)"""
+
+    def buckets(*args: float) -> TokenBuckets:
+        return TokenBuckets(*args, clock=Clock())  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ratelimit, "TokenBuckets", buckets)
+    return limited
 
 
 def test_token_bucket_refills_at_the_rate_up_to_the_burst():
@@ -87,8 +101,8 @@ def test_every_v1_response_carries_the_ratelimit_headers(client, tenants):
     assert "ratelimit" not in client.get("/healthz").headers  # ops probes are not limited
 
 
-def test_429_names_the_limit_with_retry_after_and_headers(limited, tenants):
-    c = TestClient(limited)
+def test_429_names_the_limit_with_retry_after_and_headers(frozen_limited, tenants):
+    c = TestClient(frozen_limited)
     h = tenants.a.headers()
     ok = [c.get("/v1/me", headers=h) for _ in range(3)]
     assert [r.status_code for r in ok] == [200, 200, 200]
