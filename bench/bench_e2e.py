@@ -69,13 +69,7 @@ def _load() -> str:
     return " / ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
-def _cpu_s(pid: int) -> float:
-    """utime + stime of a process (s), from /proc."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0
+_cpu_s = bi.proc_cpu_s
 
 
 # --------------------------------------------------------------------------- data
@@ -402,17 +396,14 @@ def _server_env() -> dict[str, str]:
 class Server(bi.Server):
     """bench_ingest's server with the report budget and rate limit out of the way."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, workers: int = 1) -> None:
         old = dict(os.environ)
         os.environ.update(_server_env())
         try:
-            super().__init__(url, 10_000)
+            super().__init__(url, 10_000, workers)
         finally:
             os.environ.clear()
             os.environ.update(old)
-
-    def cpu_s(self) -> float:
-        return _cpu_s(self.proc.pid)
 
 
 def setup_partnership(http: httpx.Client, keys: dict[str, str]) -> tuple[str, dict[str, str]]:
@@ -437,11 +428,17 @@ def setup_partnership(http: httpx.Client, keys: dict[str, str]) -> tuple[str, di
 
 
 def run_blindmap(
-    db: str, a_csv: Path, b_csv: Path, truth: set[str], *, together: bool = False
+    db: str,
+    a_csv: Path,
+    b_csv: Path,
+    truth: set[str],
+    *,
+    together: bool = False,
+    server_workers: int = 1,
 ) -> dict[str, Any]:
     with bi.scratch_database(db) as url:
         keys = bi.make_companies(url)
-        server = Server(url)
+        server = Server(url, server_workers)
         state = tempfile.mkdtemp(prefix="blindmap-e2e-")
         try:
             with httpx.Client(base_url=server.base, timeout=600) as http:
@@ -586,6 +583,12 @@ def main(argv: list[str]) -> None:
         default="together",
         help="the two companies' syncs at the same time (as on two machines) or in turn",
     )
+    parser.add_argument(
+        "--server-workers",
+        type=int,
+        default=1,
+        help="uvicorn worker processes of the escrow (blindmap-server serve --workers)",
+    )
     parser.add_argument("--json", dest="json_out", help="also write all results here")
     args = parser.parse_args(argv)
     n = _parse_size(args.size)
@@ -599,7 +602,8 @@ def main(argv: list[str]) -> None:
     a_csv, b_csv, truth = make_data(n)
     print(
         f"  e2e: {n:,} accounts per side, {OVERLAP:.0%} overlap ({len(truth):,} shared "
-        f"domains in the ground truth); {os.cpu_count()} CPUs; load {_load()}",
+        f"domains in the ground truth); {os.cpu_count()} CPUs; escrow workers "
+        f"{args.server_workers}; load {_load()}",
         flush=True,
     )
     out: dict[str, Any] = {"rows": n, "truth": len(truth), "dbs": {}}
@@ -607,7 +611,14 @@ def main(argv: list[str]) -> None:
         bl, pl = [], []
         for i in range(args.runs):
             load = _load()
-            r = run_blindmap(db, a_csv, b_csv, truth, together=args.sides == "together")
+            r = run_blindmap(
+                db,
+                a_csv,
+                b_csv,
+                truth,
+                together=args.sides == "together",
+                server_workers=args.server_workers,
+            )
             r["load"] = load
             bl.append(r)
             a, b = r["sync_a"], r["sync_b"]

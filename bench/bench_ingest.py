@@ -290,6 +290,20 @@ def proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its live descendants (uvicorn's worker processes under `--workers N`)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                todo.extend(int(c) for c in f.read().split())
+        except OSError:
+            pass
+    return out
+
+
 def db_backends(url: str) -> list[int]:
     """PIDs of the PostgreSQL backends connected to the scratch database (none: SQLite)."""
     if not url.startswith("postgresql"):
@@ -313,11 +327,11 @@ class CpuMeter:
         self.server_s = self.db_s = 0.0
 
     def start(self) -> None:
-        self._srv0 = proc_cpu_s(self.server.proc.pid)
+        self._srv0 = self.server.cpu_s()
         self._db0 = {pid: proc_cpu_s(pid) for pid in db_backends(self.url)}
 
     def stop(self) -> None:
-        self.server_s += proc_cpu_s(self.server.proc.pid) - self._srv0
+        self.server_s += self.server.cpu_s() - self._srv0
         for pid in db_backends(self.url):
             self.db_s += proc_cpu_s(pid) - self._db0.get(pid, 0.0)
 
@@ -325,7 +339,7 @@ class CpuMeter:
 class Server:
     """`blindmap-server serve` in a subprocess; its RSS is read from /proc."""
 
-    def __init__(self, url: str, chunk: int) -> None:
+    def __init__(self, url: str, chunk: int, workers: int = 1) -> None:
         self.port = _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         env = {
@@ -341,6 +355,7 @@ class Server:
         }
         exe = Path(sys.executable).with_name("blindmap-server")
         cmd = [str(exe), "serve", "--host", "127.0.0.1", "--port", str(self.port), "--no-migrate"]
+        cmd += ["--workers", str(workers)]
         self.proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -358,10 +373,15 @@ class Server:
         raise RuntimeError("server did not become ready in 30 s")
 
     def rss_mb(self) -> float:
-        return _proc_kb(self.proc.pid, "VmRSS") / 1024
+        return sum(_proc_kb(p, "VmRSS") for p in process_tree(self.proc.pid)) / 1024
 
     def hwm_mb(self) -> float:
-        return _proc_kb(self.proc.pid, "VmHWM") / 1024
+        """Peak RSS: the sum of each live process's own peak (with `--workers N`)."""
+        return sum(_proc_kb(p, "VmHWM") for p in process_tree(self.proc.pid)) / 1024
+
+    def cpu_s(self) -> float:
+        """CPU seconds of the server and its live worker processes."""
+        return sum(proc_cpu_s(p) for p in process_tree(self.proc.pid))
 
     def stop(self) -> None:
         if self.proc.poll() is None:
