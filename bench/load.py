@@ -561,6 +561,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", choices=sorted(MIX), help="drive one kind of request only")
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
     ap.add_argument("--profile", type=Path, help="py-spy record the server here (collapsed stacks)")
+    ap.add_argument("--profile-rate", type=int, default=50, help="with --profile: samples/s")
     ap.add_argument(
         "--profile-gil", action="store_true", help="with --profile: only the thread holding the GIL"
     )
@@ -593,7 +594,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.profile:
             spy = subprocess.Popen(
                 [str(BIN / "py-spy"), "record", "-p", str(srv.proc.pid), "-o", str(args.profile),
-                 "-d", str(int(args.duration)), "-r", "50", "--nonblocking", "-f", "raw",
+                 "-d", str(int(args.duration)), "-r", str(args.profile_rate), "--nonblocking",
+                 "-f", "raw",
                  *(["--gil"] if args.profile_gil else [])],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip

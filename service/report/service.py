@@ -111,7 +111,7 @@ class Context:
         return self.pair.eff(their_pop, my_pop)
 
 
-def _current_version(owner: Any) -> Any:
+def current_version(owner: Any) -> Any:
     return (
         select(func.max(PolicyRow.version))
         .where(PolicyRow.partnership_id == Partnership.id, PolicyRow.owner_id == owner)
@@ -128,8 +128,8 @@ _CONTEXT = Compiled(
         Partnership.status,
         Partnership.inviter_id,
         Partnership.invitee_id,
-        _current_version(Partnership.inviter_id),
-        _current_version(Partnership.invitee_id),
+        current_version(Partnership.inviter_id),
+        current_version(Partnership.invitee_id),
         Upload.company_id,
         Upload.num,
         Upload.id,
@@ -152,7 +152,7 @@ _CONTEXT = Compiled(
 )
 
 
-def _pair(
+def policy_pair(
     session: Session, pid: uuid.UUID, me: uuid.UUID, partner: uuid.UUID, my_v: int, their_v: int
 ) -> _Pair:
     key = (pid, me, my_v, their_v)
@@ -216,7 +216,7 @@ def context(session: Session, caller: Principal, pid: uuid.UUID) -> Context:
         pid=pid,
         me=me,
         partner=partner,
-        pair=_pair(session, pid, me, partner, my_v, their_v),
+        pair=policy_pair(session, pid, me, partner, my_v, their_v),
         mine=lists[me],
         theirs=lists[partner],
         sides=queries.Sides(mine_is_a=mine_is_a),
