@@ -108,3 +108,24 @@ def test_sql_items_equal_python_items(client, tenants, app, backend, mapped):  #
     assert unsealed and all(
         (r["sealed"], r["fields"], r["withheld"]) == (None, [], None) for r in unsealed
     )
+
+
+def test_base64url_in_sql_equals_python(app, backend):  # type: ignore[no-untyped-def]
+    """The database's base64url (queries._B64URL) for every padding case and for values
+    long enough that encode() wraps its output in lines."""
+    if backend != "postgresql":
+        pytest.skip("PostgreSQL only")
+    import os
+
+    from sqlalchemy import text
+
+    from service.report.queries import _B64URL
+    from service.report.service import _b64
+
+    values = [os.urandom(n) for n in (*range(0, 10), 40, 56, 57, 58, 100, 300, 4096)]
+    with app.state.sessionmaker() as s:
+        got = [
+            s.execute(text(f"SELECT {_B64URL.format('CAST(:v AS bytea)')}"), {"v": v}).scalar()
+            for v in values
+        ]
+    assert got == [_b64(v) for v in values]
