@@ -10,12 +10,19 @@ over HTTP with keep-alive, one request at a time:
 - summary: `--requests` times (default 200), p50/p95/p99;
 - overlaps: the first page and pages deep in the list (cursor from a walk), 100 records
   each, `--requests // 4` times each;
-- white space and lookup are not in the acceptance; one overlaps page stands for them.
+- white space and lookup are not in the acceptance; one overlaps page stands for them;
+- bulk export (issue 7: the end-to-end benchmark's reports stage fetches every overlap
+  page): the whole overlaps report fetched through the SDK as that benchmark does
+  (`blindmap.reports.fetch_overlaps`, page by page, without decrypting), once per
+  `--export-limits` page size, with the wall time and the CPU time per row of the server
+  process, of the PostgreSQL backends serving it and of this (client) process. CPU time
+  is the figure to compare on a shared machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 import uuid
@@ -101,9 +108,49 @@ def _timed(
     return ms, r.json()
 
 
-def run(rows: int, overlap: float, requests: int) -> dict[str, Any]:
+def export(base: str, key: str, pid: str, server_pid: int, url: str, limit: int) -> dict[str, Any]:
+    """Every overlap page through the SDK; wall time and CPU per row on each side."""
+    import blindmap
+    from bench.load import _backend_pids, _cpu_seconds
+    from blindmap import reports
+
+    with blindmap.Client(api_key=key, base_url=base, timeout=600) as client:
+        client.report_overlaps(pid, limit=1)  # the pool has its connection
+        backends = _backend_pids(url)
+        c0, s0, p0 = time.process_time(), _cpu_seconds([server_pid]), _cpu_seconds(backends)
+        t0 = time.perf_counter()
+        pages = 0
+
+        def progress(_n: int) -> None:
+            nonlocal pages
+            pages += 1
+
+        items, _, _ = reports.fetch_overlaps(
+            client, uuid.UUID(pid), limit=limit, on_progress=progress
+        )
+        rows = len(items)
+        del items
+        wall = time.perf_counter() - t0
+        c1, s1, p1 = time.process_time(), _cpu_seconds([server_pid]), _cpu_seconds(backends)
+    us = 1e6 / max(1, rows)
+    return {
+        "limit": limit,
+        "pages": pages,
+        "rows": rows,
+        "wall_s": round(wall, 2),
+        "server_cpu_us_per_row": round((s1 - s0) * us, 1),
+        "postgresql_cpu_us_per_row": round((p1 - p0) * us, 1),
+        "client_cpu_us_per_row": round((c1 - c0) * us, 1),
+    }
+
+
+def run(
+    rows: int, overlap: float, requests: int, export_limits: tuple[int, ...] = ()
+) -> dict[str, Any]:
     with bi.scratch_database("postgresql") as url:
         keys = bi.make_companies(url)
+        # the bulk exports release every matched record, several times over
+        os.environ.setdefault("BLINDMAP_REVEAL_BUDGET_PER_DAY", str(10**12))
         server = bi.Server(url, 10_000)
         try:
             with httpx.Client(base_url=server.base, timeout=60) as http:
@@ -129,9 +176,18 @@ def run(rows: int, overlap: float, requests: int) -> dict[str, Any]:
                     _timed(http, base + "/reports/overlaps", h, limit=100, cursor=cursor)[0]
                     for _ in range(max(5, requests // 4))
                 ]
+            exports = [
+                export(server.base, keys["acme"], pid, server.proc.pid, url, limit)
+                for limit in export_limits
+            ]
         finally:
             server.stop()
-    out: dict[str, Any] = {"rows": rows, "overlap": overlap, "seed_s": round(seeded, 1)}
+    out: dict[str, Any] = {
+        "rows": rows,
+        "overlap": overlap,
+        "seed_s": round(seeded, 1),
+        "export": exports,
+    }
     for name, xs in (
         ("summary", summary),
         ("overlaps_first_page", first),
@@ -152,6 +208,11 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--overlap", type=float, default=0.2)
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--quick", action="store_true", help="100k rows, 50 requests")
+    ap.add_argument(
+        "--export-limits",
+        default="1000",
+        help="page sizes of the full overlaps walks (comma-separated; empty: none)",
+    )
     args = ap.parse_args(argv)
     if args.quick:
         args.rows, args.requests = 100_000, 50
@@ -159,7 +220,8 @@ def main(argv: list[str]) -> None:
     if reason:
         print(f"reports: skipped, PostgreSQL unavailable ({reason})")
         return
-    res = run(args.rows, args.overlap, args.requests)
+    limits = tuple(int(x) for x in args.export_limits.split(",") if x.strip())
+    res = run(args.rows, args.overlap, args.requests, limits)
     print("| rows per side | summary p50 / p99 | overlaps page 1 p50 / p99 | deep page p50 / p99 |")
     print("|---|---|---|---|")
     s, f, d = res["summary"], res["overlaps_first_page"], res["overlaps_deep_page"]
@@ -167,3 +229,16 @@ def main(argv: list[str]) -> None:
         f"| {res['rows']:,} | {s['p50_ms']} / {s['p99_ms']} ms | {f['p50_ms']} / {f['p99_ms']} ms "
         f"| {d['p50_ms']} / {d['p99_ms']} ms |"
     )
+    if res["export"]:
+        print()
+        print(
+            "| page size | pages | rows | wall | server CPU / row | PostgreSQL CPU / row "
+            "| client CPU / row |"
+        )
+        print("|---|---|---|---|---|---|---|")
+        for e in res["export"]:
+            print(
+                f"| {e['limit']} | {e['pages']} | {e['rows']:,} | {e['wall_s']} s "
+                f"| {e['server_cpu_us_per_row']} µs | {e['postgresql_cpu_us_per_row']} µs "
+                f"| {e['client_cpu_us_per_row']} µs |"
+            )

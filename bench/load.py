@@ -418,15 +418,16 @@ def write_lua(reqs: list[tuple], path: Path, seed_: int) -> None:
     path.write_text(LUA_TEMPLATE % (rows, seed_))
 
 
-def _cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU time consumed so far by these processes (Linux /proc)."""
+def _cpu_seconds(pids: list[int], which: tuple[int, ...] = (11, 12)) -> float:
+    """User + system CPU time consumed so far by these processes (Linux /proc); `which`
+    (11,) for user time only, (12,) for system time only."""
     total = 0
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+        total += sum(int(fields[i]) for i in which)  # utime, stime (clock ticks)
     return total / os.sysconf("SC_CLK_TCK")
 
 
@@ -561,6 +562,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", choices=sorted(MIX), help="drive one kind of request only")
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
     ap.add_argument("--profile", type=Path, help="py-spy record the server here (collapsed stacks)")
+    ap.add_argument("--profile-rate", type=int, default=50, help="with --profile: samples/s")
     ap.add_argument(
         "--profile-gil", action="store_true", help="with --profile: only the thread holding the GIL"
     )
@@ -593,16 +595,20 @@ def main(argv: list[str] | None = None) -> int:
         if args.profile:
             spy = subprocess.Popen(
                 [str(BIN / "py-spy"), "record", "-p", str(srv.proc.pid), "-o", str(args.profile),
-                 "-d", str(int(args.duration)), "-r", "50", "--nonblocking", "-f", "raw",
+                 "-d", str(int(args.duration)), "-r", str(args.profile_rate), "--nonblocking",
+                 "-f", "raw",
                  *(["--gil"] if args.profile_gil else [])],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
         print(f"[load] measuring for {args.duration:.0f}s …", file=sys.stderr)
         backends = _backend_pids(url)
         server_pids = _process_tree(srv.proc.pid)
+        sys0 = _cpu_seconds(server_pids, (12,))
         cpu0 = _cpu_seconds(server_pids), _cpu_seconds(backends), time.monotonic()
         result = run_wrk(srv.base, script, args.duration, args.connections, args.threads)
         cpu1 = _cpu_seconds(server_pids), _cpu_seconds(backends), time.monotonic()
+        sys1 = _cpu_seconds(server_pids, (12,))
+        load_avg = os.getloadavg()[0]
         uploads.stop.set()
         uploads.join(120)
         if spy is not None:
@@ -633,10 +639,12 @@ def main(argv: list[str] | None = None) -> int:
         # to other work on a shared machine than the throughput is.
         "cpu_ms_per_request": {
             "server": round((cpu1[0] - cpu0[0]) * 1000 / max(1, result["requests"]), 2),
+            "server_system": round((sys1 - sys0) * 1000 / max(1, result["requests"]), 2),
             "postgresql": round((cpu1[1] - cpu0[1]) * 1000 / max(1, result["requests"]), 2),
             "server_cores_busy": round((cpu1[0] - cpu0[0]) / (cpu1[2] - cpu0[2]), 2),
             "postgresql_cores_busy": round((cpu1[1] - cpu0[1]) / (cpu1[2] - cpu0[2]), 2),
         },
+        "load_average_1min_at_end": round(load_avg, 2),
         "server_error_log_lines": len(errors_log),
         "server_alive": alive,
         "seed_seconds": round(seed_s, 1),
@@ -649,7 +657,8 @@ def main(argv: list[str] | None = None) -> int:
         f"\n| {args.duration:.0f} s | {args.connections} conn | {result['rps']} req/s | "
         f"p50 {lat['p50']} ms | p95 {lat['p95']} ms | p99 {lat['p99']} ms | "
         f"errors {total_errors} | uploads {uploads.done} | CPU per request: server "
-        f"{cpu['server']} ms, PostgreSQL {cpu['postgresql']} ms |"
+        f"{cpu['server']} ms (system {cpu['server_system']}), PostgreSQL {cpu['postgresql']} ms "
+        f"| load average {out['load_average_1min_at_end']} |"
     )
     if args.out:
         args.out.write_text(json.dumps(out, indent=2) + "\n")

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import select as _select
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
 
+import anyio
+import psycopg
 from alembic import command
 from alembic.config import Config
 from fastapi import Depends, Request
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event, exc, text
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 
 from service.config import Settings
 
@@ -26,7 +30,35 @@ def make_engine(settings: Settings) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         _configure_sqlite(engine)
         return engine
-    return create_engine(url, pool_size=settings.db_pool_size, max_overflow=10, pool_pre_ping=True)
+    engine = create_engine(url, pool_size=settings.db_pool_size, max_overflow=10)
+    _configure_postgresql(engine)
+    return engine
+
+
+def _configure_postgresql(engine: Engine) -> None:
+    """A pooled connection is checked without a round trip when it leaves the pool.
+
+    `pool_pre_ping` sent `SELECT 1` on every checkout: a round trip per request, and
+    PostgreSQL CPU. Instead: a connection that psycopg already knows to be closed or
+    broken (a raw execution on it failed), or whose socket is readable while it sits idle
+    (an idle connection is owed nothing; readable means the server closed it — a
+    restart, `pg_terminate_backend` — or sent a termination notice), is discarded and
+    the pool connects anew (SQLAlchemy retries the checkout). What this cannot see, a
+    peer that vanished without closing the socket, fails on first use, and the request
+    answers 503 + Retry-After like any other outage (service/main.py); SQLAlchemy then
+    invalidates the rest of the pool."""
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+        if dbapi_conn.closed or dbapi_conn.broken:
+            raise exc.DisconnectionError("connection closed")
+        poll = _select.poll()
+        try:
+            poll.register(dbapi_conn.pgconn.socket, _select.POLLIN)
+        except (OSError, ValueError, psycopg.Error):
+            raise exc.DisconnectionError("connection socket unusable") from None
+        if poll.poll(0):  # readable, hung up or in error
+            raise exc.DisconnectionError("idle connection has unread input")
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -77,20 +109,45 @@ def ping(engine: Engine) -> None:
         conn.execute(text("SELECT 1"))
 
 
-def get_session(request: Request) -> Iterator[Session]:
-    """One unit of work per request: commit on success, roll back on any error."""
+async def get_session(request: Request) -> AsyncIterator[Session]:
+    """One unit of work per request: commit on success, roll back on any error.
+
+    A coroutine: creating a session does no I/O (it connects on first use), so it is
+    created inline; the commit and close run in the thread pool only when there is
+    something to commit. A route that runs its database work in one thread-pool trip
+    ends it with `finish(session)` (commit in the same trip); then the exit here has
+    nothing left to do and costs no second trip."""
     factory: sessionmaker[Session] = request.app.state.sessionmaker
-    with factory() as session:
-        try:
-            yield session
-        except BaseException as exc:
-            session.rollback()
-            for record in getattr(exc, "after_rollback", ()):
-                with factory.begin() as own:
-                    record(own)
-            raise
-        else:
-            session.commit()
+    session = factory()
+    try:
+        yield session
+    except BaseException as err:
+        with anyio.CancelScope(shield=True):  # the connection goes back to the pool
+            await run_in_threadpool(_roll_back, factory, session, err)
+        raise
+    if session.get_transaction() is None and not (session.new or session.dirty or session.deleted):
+        session.close()  # no transaction, no connection: nothing to commit or return
+    else:
+        with anyio.CancelScope(shield=True):
+            await run_in_threadpool(_commit, session)
+
+
+def finish(session: Session) -> None:
+    """Commit the request's unit of work now (see `get_session`)."""
+    session.commit()
+
+
+def _commit(session: Session) -> None:
+    with session:
+        session.commit()
+
+
+def _roll_back(factory: sessionmaker[Session], session: Session, err: BaseException) -> None:
+    with session:
+        session.rollback()
+    for record in getattr(err, "after_rollback", ()):
+        with factory.begin() as own:
+            record(own)
 
 
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]

@@ -60,7 +60,7 @@ def serve(host: str, port: int, workers: int, do_migrate: bool | None) -> None:
         f"Blindmap escrow on http://{host}:{port} — API docs at http://{host}:{port}/docs", err=True
     )
     uvicorn.run(
-        "service.main:create_app",
+        "service.main:serve_app",
         factory=True,
         host=host,
         port=port,

@@ -399,10 +399,12 @@ class Client:
         for k, v in (("mine", mine), ("theirs", theirs), ("cursor", cursor)):
             if v:
                 params[k] = v
-        return protocol.OverlapPage.model_validate(
+        # straight from the bytes: pydantic's own JSON parser, no intermediate dicts (a
+        # bulk page holds thousands of items; docs/reliability.md, Load)
+        return protocol.OverlapPage.model_validate_json(
             self.request(
                 "GET", f"/v1/partnerships/{partnership_id}/reports/overlaps", params=params
-            ).json()
+            ).content
         )
 
     def iter_overlap_pages(
@@ -464,10 +466,10 @@ class Client:
             params["not_in"] = ",".join(not_in)
         if cursor:
             params["cursor"] = cursor
-        return protocol.WhiteSpacePage.model_validate(
+        return protocol.WhiteSpacePage.model_validate_json(
             self.request(
                 "GET", f"/v1/partnerships/{partnership_id}/reports/white-space", params=params
-            ).json()
+            ).content
         )
 
     def lookup(

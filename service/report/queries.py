@@ -3,6 +3,7 @@ inviter's record as side a and the invitee's as side b."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -196,6 +197,109 @@ def overlap_page(
             (int(their_num), their_ref, bytes(sealed) if sealed is not None else None)
         )
     return out
+
+
+# base64url without padding, as service.report.service._b64 (encode() wraps at 76 chars);
+# four replace() calls cost less than one translate() here (1.5 vs 2.3 µs per value)
+_B64URL = (
+    "replace(replace(replace(replace(encode({}, 'base64'), E'\\n', ''), '+', '-'), '/', '_'),"
+    " '=', '')"
+)
+
+
+def _overlap_items_sql(mine: str, theirs: str) -> Any:
+    partner_sealed = _B64URL.format("their.partner_sealed")
+    self_sealed = _B64URL.format("mine.self_sealed")
+    # a partner record opens only if its list sealed fields, the policy still releases all
+    # of them (rel.withheld is NULL) and the record has a payload (service._Releaser)
+    has = "rel.fields <> '[]' AND their.partner_sealed IS NOT NULL"
+    return text(
+        f"""
+        WITH page AS (
+            SELECT DISTINCT {mine}_seq AS seq FROM matches
+            WHERE {mine}_upload = :my_upload
+              AND {theirs}_upload = ANY(CAST(:their_uploads AS integer[]))
+              AND {mine}_seq > :after_seq
+            ORDER BY 1 LIMIT :limit
+        ), rel AS (
+            SELECT * FROM unnest(CAST(:their_uploads AS integer[]), CAST(:pops AS text[]),
+                                 CAST(:fields AS text[]), CAST(:withheld AS text[]))
+                AS r(num, pop, fields, withheld)
+        )
+        SELECT page.seq, p.n, json_build_object(
+            'ref', mine.ref, 'population', CAST(:my_pop AS text),
+            'self_sealed', {self_sealed}, 'partner', p.partner)::text
+        FROM page
+        JOIN records AS mine ON mine.upload_num = :my_upload AND mine.seq = page.seq
+        CROSS JOIN LATERAL (
+            SELECT count(*) AS n, coalesce(json_agg(json_build_object(
+                'population', rel.pop,
+                'ref', their.ref,
+                'sealed', CASE WHEN {has} AND rel.withheld IS NULL THEN {partner_sealed} END,
+                'fields', CAST(CASE WHEN {has} AND rel.withheld IS NULL THEN rel.fields
+                                    ELSE '[]' END AS json),
+                'withheld', CASE WHEN {has} THEN rel.withheld END
+            ) ORDER BY m.up, their.seq), '[]') AS partner
+            -- a parameterised index probe per record of the page (see overlap_page)
+            FROM (
+                SELECT {theirs}_upload AS up, {theirs}_seq AS seq FROM matches
+                WHERE {mine}_upload = :my_upload AND {mine}_seq = page.seq
+                  AND {theirs}_upload = ANY(CAST(:their_uploads AS integer[]))
+                OFFSET 0
+            ) AS m
+            JOIN records AS their ON their.upload_num = m.up AND their.seq = m.seq
+            JOIN rel ON rel.num = m.up
+        ) AS p
+        ORDER BY page.seq
+        """  # noqa: S608 (the two names are the literals "a" and "b")
+    )
+
+
+_OVERLAP_ITEMS_PG = {
+    True: Compiled(_overlap_items_sql("a", "b")),
+    False: Compiled(_overlap_items_sql("b", "a")),
+}
+
+
+@dataclass(frozen=True)
+class Release:
+    """How the records of one partner list are released to me (service._Releaser)."""
+
+    upload: int
+    population: str
+    fields: Sequence[str]  # sealed in the list's payloads
+    withheld: str | None  # why its payloads are withheld, if they are
+
+
+def overlap_items_pg(
+    session: Session,
+    sides: Sides,
+    my_upload: int,
+    my_population: str,
+    releases: Sequence[Release],
+    after_seq: int,
+    limit: int,
+) -> list[tuple[int, int, str]]:
+    """PostgreSQL only: the items of `overlap_page` built by the database, each as the
+    JSON text of a `protocol.OverlapItem`: (my seq, partner records in it, JSON). The
+    per-record work (JSON, base64url) is C in the database instead of Python here: a
+    bulk export's server CPU per record is most of what this saves."""
+    if not releases:
+        return []
+    rows = _OVERLAP_ITEMS_PG[sides.mine_is_a].rows(
+        session,
+        {
+            "my_upload": my_upload,
+            "my_pop": my_population,
+            "their_uploads": [r.upload for r in releases],
+            "pops": [r.population for r in releases],
+            "fields": [json.dumps(list(r.fields)) for r in releases],
+            "withheld": [r.withheld for r in releases],
+            "after_seq": after_seq,
+            "limit": limit,
+        },
+    )
+    return rows
 
 
 def _partner_matches_many_sql(mine: str, theirs: str) -> Any:

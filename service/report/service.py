@@ -11,6 +11,7 @@ from collections import OrderedDict, defaultdict
 from dataclasses import dataclass
 from typing import Any, cast
 
+import orjson
 from sqlalchemy import and_, bindparam, func, or_, select
 from sqlalchemy.orm import Session
 
@@ -111,7 +112,7 @@ class Context:
         return self.pair.eff(their_pop, my_pop)
 
 
-def _current_version(owner: Any) -> Any:
+def current_version(owner: Any) -> Any:
     return (
         select(func.max(PolicyRow.version))
         .where(PolicyRow.partnership_id == Partnership.id, PolicyRow.owner_id == owner)
@@ -128,8 +129,8 @@ _CONTEXT = Compiled(
         Partnership.status,
         Partnership.inviter_id,
         Partnership.invitee_id,
-        _current_version(Partnership.inviter_id),
-        _current_version(Partnership.invitee_id),
+        current_version(Partnership.inviter_id),
+        current_version(Partnership.invitee_id),
         Upload.company_id,
         Upload.num,
         Upload.id,
@@ -152,7 +153,7 @@ _CONTEXT = Compiled(
 )
 
 
-def _pair(
+def policy_pair(
     session: Session, pid: uuid.UUID, me: uuid.UUID, partner: uuid.UUID, my_v: int, their_v: int
 ) -> _Pair:
     key = (pid, me, my_v, their_v)
@@ -216,7 +217,7 @@ def context(session: Session, caller: Principal, pid: uuid.UUID) -> Context:
         pid=pid,
         me=me,
         partner=partner,
-        pair=_pair(session, pid, me, partner, my_v, their_v),
+        pair=policy_pair(session, pid, me, partner, my_v, their_v),
         mine=lists[me],
         theirs=lists[partner],
         sides=queries.Sides(mine_is_a=mine_is_a),
@@ -396,7 +397,10 @@ def overlaps(
     theirs: str | None,
     cursor: str | None,
     limit: int,
+    sql_items: bool | None = None,
 ) -> dict[str, Any]:
+    """A page of my matched records. On PostgreSQL the items' JSON is built by the
+    database (`sql_items`, on by default there; tests compare it with the Python one)."""
     ctx = context(session, caller, pid)
     _population_or_404(mine, ctx.mine, "your")
     if theirs is not None and (
@@ -404,9 +408,10 @@ def overlaps(
     ):
         raise errors.NotFound(f"No population '{theirs}' of your partner is visible to you.")
     after_up, after_seq = _cursor(cursor, {u.num for y, u in ctx.mine.items() if mine in (None, y)})
-    items: list[dict[str, Any]] = []
+    items: list[dict[str, Any] | orjson.Fragment] = []
     released = 0
     next_cursor = None
+    on_pg = session.get_bind().dialect.name == "postgresql" if sql_items is None else sql_items
     for y in sorted(ctx.mine, key=lambda s: ctx.mine[s].num):
         my_up = ctx.mine[y]
         if (mine and y != mine) or my_up.num < after_up:
@@ -416,18 +421,42 @@ def overlaps(
         by_num = {ctx.theirs[x].num: x for x in allowed}
         start = after_seq if my_up.num == after_up else -1
         need = limit - len(items)
-        page = queries.overlap_page(session, ctx.sides, my_up.num, list(by_num), start, need + 1)
-        more = len(page) > need
-        page = page[:need]
         releasers = {n: _Releaser(ctx.theirs[x], x, allowed[x]) for n, x in by_num.items()}
-        for _, ref, self_sealed, matched in page:
-            partner = [releasers[n].record(r, sealed) for n, r, sealed in matched]
-            # protocol.OverlapItem, field for field
-            items.append(
-                {"ref": ref, "population": y, "self_sealed": _b64(self_sealed), "partner": partner}
+        if on_pg:  # the items' JSON built by the database (queries.overlap_items_pg)
+            rows = queries.overlap_items_pg(
+                session,
+                ctx.sides,
+                my_up.num,
+                y,
+                [queries.Release(n, r.pop, r.fields, r.withheld) for n, r in releasers.items()],
+                start,
+                need + 1,
             )
-            released += len(partner)
-        seqs = [p[0] for p in page]
+            more = len(rows) > need
+            rows = rows[:need]
+            for _, n, item in rows:
+                items.append(orjson.Fragment(item))
+                released += n
+            seqs = [r[0] for r in rows]
+        else:
+            page = queries.overlap_page(
+                session, ctx.sides, my_up.num, list(by_num), start, need + 1
+            )
+            more = len(page) > need
+            page = page[:need]
+            for _, ref, self_sealed, matched in page:
+                partner = [releasers[n].record(r, sealed) for n, r, sealed in matched]
+                # protocol.OverlapItem, field for field
+                items.append(
+                    {
+                        "ref": ref,
+                        "population": y,
+                        "self_sealed": _b64(self_sealed),
+                        "partner": partner,
+                    }
+                )
+                released += len(partner)
+            seqs = [p[0] for p in page]
         if more or len(items) >= limit:
             if seqs:
                 next_cursor = _next_cursor(my_up.num, seqs[-1])

@@ -6,12 +6,15 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Request, Response, status
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from blindmap import protocol
 from service import errors
-from service.auth import ReaderKey, UploaderKey
-from service.db import SessionDep
+from service.auth import Principal, ReaderKey, UploaderKey
+from service.db import SessionDep, finish
 from service.upload import service
+from service.upload import status as sync
 
 router = APIRouter(tags=["uploads"])
 _CHUNK_TYPES = ("application/x-ndjson", "application/jsonl", "application/json-seq", "text/plain")
@@ -113,8 +116,18 @@ def abort_upload(upload_id: uuid.UUID, session: SessionDep, caller: UploaderKey)
 @router.get(
     "/v1/partnerships/{partnership_id}/status", response_model=protocol.PartnershipSyncStatus
 )
-def sync_status(
+async def sync_status(
     partnership_id: uuid.UUID, session: SessionDep, caller: ReaderKey
 ) -> protocol.PartnershipSyncStatus:
     """Per side and population: committed size, time, normalizer version, stale keys, job."""
-    return service.sync_status(session, caller, partnership_id)
+    # a coroutine that makes one thread-pool trip, the commit included (the most polled
+    # endpoint; a `def` route takes more trips: see service/report/router.py)
+    return await run_in_threadpool(_sync_status, session, caller, partnership_id)
+
+
+def _sync_status(
+    session: Session, caller: Principal, partnership_id: uuid.UUID
+) -> protocol.PartnershipSyncStatus:
+    out = sync.sync_status(session, caller, partnership_id)
+    finish(session)
+    return out
