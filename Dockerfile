@@ -24,4 +24,4 @@ VOLUME ["/data"]
 HEALTHCHECK --interval=30s --timeout=3s --start-period=10s --retries=3 \
     CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status != 200)"
 # BLINDMAP_SECRET_KEY must be supplied at run time (prod refuses to start without it).
-CMD ["sh", "-c", "blindmap-server migrate && exec uvicorn --factory service.main:create_app --host 0.0.0.0 --port 8000 --proxy-headers"]
+CMD ["sh", "-c", "blindmap-server migrate && exec uvicorn --factory service.main:serve_app --host 0.0.0.0 --port 8000 --proxy-headers"]

@@ -163,7 +163,7 @@ def _worker_report(spec: dict[str, Any]) -> dict[str, Any]:
         keys = reports.ReportKeys.for_partnership(priv, p)
         summary = client.report_summary(p.id)
         t_summary = time.perf_counter() - start
-        items, _versions, _notes = reports.fetch_overlaps(client, p.id, limit=1000)
+        items, _versions, _notes = reports.fetch_overlaps(client, p.id)
         t_fetch = time.perf_counter() - start - t_summary
         rows = reports.decrypt_overlaps(keys, items)
     total = time.perf_counter() - start

@@ -19,8 +19,8 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 import blindmap
-from service.main import create_app
 from service import ratelimit
+from service.main import create_app
 from service.ratelimit import TokenBuckets
 from tests.e2e.test_crash import Server
 

@@ -248,6 +248,8 @@ TOKEN_BYTES = 16
 MAX_TOKENS_PER_RECORD = 8
 MAX_REF_CHARS = 64
 NDJSON = "application/x-ndjson"
+# Largest `limit` of a report page (overlaps, white space); the SDK exports in pages this big.
+MAX_REPORT_PAGE = 10_000
 BINARY_CHUNK = "application/vnd.blindmap.chunk+binary"
 """Compact chunk format (docs/protocol.md §8.3): raw bytes, length-prefixed, no base64."""
 BINARY_CHUNK_MAGIC = b"BMC1"

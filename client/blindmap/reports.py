@@ -443,7 +443,7 @@ def fetch_overlaps(
     mine: str | None = None,
     theirs: str | None = None,
     on_progress: Callable[[int], None] | None = None,
-    limit: int = 1000,
+    limit: int = protocol.MAX_REPORT_PAGE,
 ) -> tuple[list[protocol.OverlapItem], protocol.PolicyVersions | None, list[str]]:
     """All overlap pages (items, the policy versions, notes)."""
     pages = client.iter_overlap_pages(partnership_id, mine=mine, theirs=theirs, limit=limit)
@@ -457,7 +457,7 @@ def fetch_white_space(
     theirs: str | None = None,
     not_in: list[str] | None = None,
     on_progress: Callable[[int], None] | None = None,
-    limit: int = 1000,
+    limit: int = protocol.MAX_REPORT_PAGE,
 ) -> tuple[list[protocol.PartnerRecord], protocol.PolicyVersions | None, list[str]]:
     """All white-space pages (items, the policy versions, notes)."""
     pages = client.iter_white_space_pages(partnership_id, theirs=theirs, not_in=not_in, limit=limit)

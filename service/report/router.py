@@ -36,7 +36,7 @@ router = APIRouter(prefix="/v1/partnerships/{partnership_id}", tags=["reports"])
 # Up to 10 000 records per overlaps or white-space page: a bulk export (the whole report,
 # page by page) then pays the per-request cost (HTTP, context read, release) once per 10k
 # records instead of once per 1000. A larger limit is refused (422 naming `limit`).
-MAX_REPORT_PAGE = 10_000
+MAX_REPORT_PAGE = protocol.MAX_REPORT_PAGE
 Limit = Annotated[
     int, Query(ge=1, le=MAX_REPORT_PAGE, description="records per page (at most 10 000)")
 ]
