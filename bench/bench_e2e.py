@@ -22,7 +22,8 @@ CSV exports. For each database (a scratch SQLite file; a scratch PostgreSQL data
 
 Every system's intersection is checked against the generator's ground truth (the set of
 companies both lists hold a usable website for). "Matching core": Blindmap = HMAC
-tokens of both sides' domains + the match job; PSI = its protocol.
+tokens of both sides' domains + the match job that joined the two lists (the longer of the
+two jobs the commits queue); PSI = its protocol.
 
 Medians of `--runs` runs (the peer's 1M run is slow; `--peer-runs 1`). Targets (1M x 1M,
 PostgreSQL): Blindmap end to end <= 30 s, >= 10x faster than PSI end to end, >= 100x on
@@ -103,6 +104,13 @@ def make_data(n: int) -> tuple[Path, Path, set[str]]:
 
 
 def _maxrss_mb() -> float:
+    # This process's own peak (VmHWM of its address space). ru_maxrss is not: Linux carries
+    # it across fork + exec, so a worker started by a bench process that had just generated
+    # 1M accounts reported that process's 1.4 GB as its own.
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -482,7 +490,13 @@ def run_blindmap(
             import shutil
 
             shutil.rmtree(state, ignore_errors=True)
-        matched, match_job = bi.count_matches(url, pid)
+        matched, _last_job = bi.count_matches(url, pid)
+        # Each commit queues a match job. When both lists are committed before the first
+        # runs, it joins the pair and the second finds it done; otherwise the first finds
+        # no partner list and the second joins. The longest job is the one that joined
+        # (with any wait for the other commit's row lock: it errs on the slow side).
+        match_jobs = bi.match_job_times(url)
+        match_job = max(match_jobs, default=None)
     got = set(rep.pop("domains"))
     if got != truth:
         raise SystemExit(
@@ -495,6 +509,7 @@ def run_blindmap(
         "sync_b": b,
         "sync_s": t_synced - t_start,
         "match_job_s": match_job,
+        "match_jobs_s": match_jobs,
         "match_wall_s": match_wall if match_wall is not None else float("inf"),
         "after_sync_s": t_matched - t_synced,
         "report": rep,
@@ -627,7 +642,8 @@ def main(argv: list[str]) -> None:
                 f"{a['total_s']:.1f} (read {a['read_s']:.1f}, build {a['build_s']:.1f}, send "
                 f"{a['send_s']:.1f}, commit {a['commit_s']:.2f}) + sync B {b['total_s']:.1f} "
                 f"(read {b['read_s']:.1f}, build {b['build_s']:.1f}, send {b['send_s']:.1f}) "
-                f"+ match {r['after_sync_s']:.2f} (job {r['match_job_s'] or 0:.2f}) + reports "
+                f"+ match {r['after_sync_s']:.2f} (jobs "
+                f"{' + '.join(f'{j:.2f}' for j in r['match_jobs_s'])}) + reports "
                 f"{r['report_s']:.1f} (fetch {r['report']['fetch_s']:.1f}, decrypt "
                 f"{r['report']['decrypt_s']:.1f}); overlap {r['overlap']:,} = truth; RSS server "
                 f"{r['server_rss_mb']:.0f} MB, client {r['client_rss_mb']:.0f} MB; server CPU "

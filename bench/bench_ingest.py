@@ -257,6 +257,26 @@ def count_matches(url: str, pid: str) -> tuple[int, float | None]:
     return int(n), took
 
 
+def match_job_times(url: str) -> list[float]:
+    """Run time of every finished match job, oldest first (each commit queues one)."""
+    from sqlalchemy import select
+
+    from service.db import make_engine, make_sessionmaker
+    from service.models import Job
+
+    engine = make_engine(_settings(url))
+    try:
+        with make_sessionmaker(engine)() as s:
+            jobs = s.execute(select(Job).where(Job.kind == "match").order_by(Job.id)).scalars()
+            return [
+                (j.finished_at - j.locked_at).total_seconds()
+                for j in jobs
+                if j.finished_at and j.locked_at
+            ]
+    finally:
+        engine.dispose()
+
+
 # ------------------------------------------------------------------------- server
 
 

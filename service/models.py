@@ -324,7 +324,8 @@ for _child in (records, tokens, staged_tokens, matches):
     _child.add_is_dependent_on(_uploads_table)
 
 # Distinct matched records per pair of uploads, per side, written by the match job:
-# the summary report reads one row per cell instead of counting matches.
+# the summary report reads one row per cell instead of counting matches. A row also says
+# the pair's matches are complete (they are written in one transaction).
 match_counts = Table(
     "match_counts",
     Base.metadata,
@@ -333,6 +334,8 @@ match_counts = Table(
     Column("partnership_id", Uuid, nullable=False),
     Column("a_records", Integer, nullable=False),
     Column("b_records", Integer, nullable=False),
+    # bit mask of the token kind codes the pair was joined on; NULL: unknown (before 0010)
+    Column("kinds", SmallInteger),
 )
 
 JOB_STATUSES = ("queued", "running", "done", "failed")

@@ -1,0 +1,153 @@
+"""The match job joins a pair of committed uploads once per set of token kinds.
+
+Both companies' commits queue a match job; when both lists are committed before the first
+job runs, the first matches the pair and the second must find it done instead of joining
+the same two lists again (2 s each at 1M x 1M on PostgreSQL). A change of the kinds (both
+policies now match names) must still re-match. The app here has no embedded worker: the
+test runs the jobs and counts the join statements they send.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import event, select
+
+import service.overlap.service  # noqa: F401  (registers the match handler)
+from service import jobs
+from service.main import create_app
+from service.models import Upload, match_counts
+from service.upload.ingest import KIND_CODES
+from tests.conftest import partner_up
+from tests.uploads import b64, manifest, match_pairs, ndjson, token
+
+
+@pytest.fixture
+def quiet(app) -> Iterator[TestClient]:  # type: ignore[no-untyped-def]
+    settings = app.state.settings.model_copy(update={"embedded_worker": False})
+    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        yield c
+    c.app.state.engine.dispose()  # type: ignore[attr-defined]
+
+
+def _policy(client: TestClient, tenant, pid: str, match_on: list[str]) -> None:  # type: ignore[no-untyped-def]
+    r = client.put(
+        f"/v1/partnerships/{pid}/policy",
+        headers=tenant.headers(),
+        json={
+            "default": "hidden",
+            "match_on": match_on,
+            "populations": {"customers": {"share": "overlap", "fields": ["name"]}},
+        },
+    )
+    assert r.status_code in (200, 201), r.text
+
+
+def _upload(client: TestClient, tenant, pid: str, recs: list[dict]) -> None:  # type: ignore[no-untyped-def]
+    chunks = [ndjson(recs)]
+    h = tenant.headers("uploader")
+    body = manifest(client, tenant, pid, "customers", chunks, len(recs))
+    body["token_kinds"] = ["domain", "name"]
+    r = client.post(f"/v1/partnerships/{pid}/uploads", json=body, headers=h)
+    assert r.status_code == 201, r.text
+    up = r.json()["id"]
+    r = client.put(
+        f"/v1/uploads/{up}/chunks/0", content=chunks[0], headers={**h, "content-type": NDJSON}
+    )
+    assert r.status_code == 200, r.text
+    r = client.post(f"/v1/uploads/{up}/commit", headers=h)
+    assert r.status_code == 200, r.text
+
+
+NDJSON = "application/x-ndjson"
+DOMAIN, NAME = 1 << KIND_CODES["domain"], 1 << KIND_CODES["name"]  # match_counts.kinds bits
+
+
+def _rec(ref: str, kind: str, value: str) -> dict:
+    return {
+        "ref": ref,
+        "tokens": [{"kind": kind, "value": b64(token(value))}],
+        "self": b64(os.urandom(40)),
+        "partner": None,
+    }
+
+
+# r0 shares a domain, r1 only a name, r2 nothing
+A = [_rec("a0", "domain", "d0"), _rec("a1", "name", "n1"), _rec("a2", "domain", "d2")]
+B = [_rec("b0", "domain", "d0"), _rec("b1", "name", "n1"), _rec("b2", "domain", "x2")]
+
+
+def _run_jobs(client: TestClient) -> tuple[int, int]:
+    """(jobs run, join statements sent) while the queue drains."""
+    joins = 0
+
+    def count(conn, cursor, statement, *args) -> None:  # type: ignore[no-untyped-def]
+        nonlocal joins
+        joins += statement.startswith("INSERT INTO matches")
+
+    engine = client.app.state.engine  # type: ignore[attr-defined]
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        ran = jobs.drain(client.app.state.sessionmaker, client.app.state.settings)  # type: ignore[attr-defined]
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    return ran, joins
+
+
+def _requeue_b(client: TestClient, tenant) -> None:  # type: ignore[no-untyped-def]
+    with client.app.state.sessionmaker.begin() as s:  # type: ignore[attr-defined]
+        up = s.execute(select(Upload).where(Upload.company_id == tenant.id)).scalar_one()
+        jobs.enqueue(s, "match", partnership_id=up.partnership_id, upload_num=up.num)
+
+
+def _kinds(client: TestClient) -> set[int | None]:
+    with client.app.state.sessionmaker() as s:  # type: ignore[attr-defined]
+        return set(s.execute(select(match_counts.c.kinds)).scalars())
+
+
+def test_a_pair_committed_before_its_jobs_is_joined_once(quiet, tenants):
+    pid = partner_up(quiet, tenants.a, tenants.b)
+    for t in (tenants.a, tenants.b):
+        quiet.post(
+            "/v1/populations", json={"slug": "customers", "kind": "customers"}, headers=t.headers()
+        )
+        _policy(quiet, t, pid, ["domain"])
+    _upload(quiet, tenants.a, pid, A)
+    _upload(quiet, tenants.b, pid, B)
+    assert _run_jobs(quiet) == (2, 1)  # two jobs, one join: the second found the pair done
+    assert match_pairs(quiet.app, pid) == {("a0", "b0")}
+    assert _kinds(quiet) == {DOMAIN}
+    _requeue_b(quiet, tenants.b)  # the same kinds again: nothing to redo
+    assert _run_jobs(quiet) == (1, 0)
+    assert match_pairs(quiet.app, pid) == {("a0", "b0")}
+
+
+def test_changed_kinds_rematch_the_pair(quiet, tenants):
+    pid = partner_up(quiet, tenants.a, tenants.b)
+    for t in (tenants.a, tenants.b):
+        quiet.post(
+            "/v1/populations", json={"slug": "customers", "kind": "customers"}, headers=t.headers()
+        )
+    _policy(quiet, tenants.a, pid, ["domain", "name"])
+    _policy(quiet, tenants.b, pid, ["domain"])  # names are matched only when both agree
+    _upload(quiet, tenants.a, pid, A)
+    _upload(quiet, tenants.b, pid, B)
+    _run_jobs(quiet)
+    assert match_pairs(quiet.app, pid) == {("a0", "b0")}
+    assert _kinds(quiet) == {DOMAIN}
+    _policy(quiet, tenants.b, pid, ["domain", "name"])
+    _requeue_b(quiet, tenants.b)
+    assert _run_jobs(quiet) == (1, 1)
+    assert match_pairs(quiet.app, pid) == {("a0", "b0"), ("a1", "b1")}
+    assert _kinds(quiet) == {DOMAIN | NAME}
+    with quiet.app.state.sessionmaker() as s:  # type: ignore[attr-defined]
+        (row,) = s.execute(
+            select(match_counts.c.a_records, match_counts.c.b_records).where(
+                match_counts.c.partnership_id == uuid.UUID(pid)
+            )
+        ).all()
+    assert tuple(row) == (2, 2)
