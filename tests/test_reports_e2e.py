@@ -350,3 +350,28 @@ def test_disclosures_list_verify_and_tamper(as_company, tenants, mapped, session
     session.commit()
     r = as_company(a, "disclosures", "verify", "globex")
     assert r.exit_code == cli.EXIT_REJECTED and "entry" in r.output
+
+
+def test_reports_read_ahead_match_page_by_page(client, tenants, mapped, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`overlap_rows` / `white_space_rows` (what the CLI uses: each page decrypted while
+    the next is fetched) give exactly what fetching every page, then decrypting, gives;
+    small pages make it several."""
+    import blindmap
+    from blindmap import keyfile
+    from blindmap import reports as rep
+
+    private = keyfile.load_private_key(tmp_path / "acme" / "key.pem", passphrase=None)
+    sdk = blindmap.Client(
+        base_url="http://testserver", api_key=tenants.a.keys["reader"], http_client=client
+    )
+    p = sdk.get_partnership(mapped)
+    keys = rep.ReportKeys.for_partnership(private, p)
+    items, versions, _ = rep.fetch_overlaps(sdk, p.id, limit=1000)
+    assert len(items) > 6  # several pages of 3 below
+    pages = []
+    rows, v2, notes = rep.overlap_rows(sdk, keys, p.id, limit=3, on_progress=pages.append)
+    assert rows == rep.decrypt_overlaps(keys, items) and v2 == versions and notes == []
+    assert pages == [min(3 * (i + 1), len(items)) for i in range(len(pages))]
+    ws, _, _ = rep.fetch_white_space(sdk, p.id, limit=1000)
+    released, _, _ = rep.white_space_rows(sdk, keys, p.id, limit=2)
+    assert len(ws) > 2 and released == rep.decrypt_white_space(keys, ws)

@@ -414,12 +414,15 @@ class Client:
         mine: str | None = None,
         theirs: str | None = None,
         limit: int = 1000,
+        read_ahead: bool = False,
     ) -> Iterator[protocol.OverlapPage]:
-        """Every overlap page in turn (each carries the policy versions behind it)."""
+        """Every overlap page in turn (each carries the policy versions behind it);
+        `read_ahead` requests the next page while the caller handles this one."""
         return _pages(
             lambda cursor: self.report_overlaps(
                 partnership_id, mine=mine, theirs=theirs, cursor=cursor, limit=limit
-            )
+            ),
+            read_ahead=read_ahead,
         )
 
     def iter_overlaps(
@@ -441,12 +444,14 @@ class Client:
         theirs: str | None = None,
         not_in: list[str] | None = None,
         limit: int = 1000,
+        read_ahead: bool = False,
     ) -> Iterator[protocol.WhiteSpacePage]:
-        """Every white-space page in turn."""
+        """Every white-space page in turn; `read_ahead` as for overlap pages."""
         return _pages(
             lambda cursor: self.report_white_space(
                 partnership_id, theirs=theirs, not_in=not_in, cursor=cursor, limit=limit
-            )
+            ),
+            read_ahead=read_ahead,
         )
 
     def report_white_space(
@@ -503,12 +508,33 @@ class Client:
 _Page = TypeVar("_Page", protocol.OverlapPage, protocol.WhiteSpacePage)
 
 
-def _pages(fetch: Callable[[str | None], _Page]) -> Iterator[_Page]:
-    """Follow `next_cursor` from the first page to the last."""
-    cursor: str | None = None
-    while True:
-        page = fetch(cursor)
-        yield page
-        if not page.next_cursor:
-            return
-        cursor = page.next_cursor
+def _pages(fetch: Callable[[str | None], _Page], *, read_ahead: bool = False) -> Iterator[_Page]:
+    """Follow `next_cursor` from the first page to the last.
+
+    With `read_ahead`, the next page is requested (and parsed) on a helper thread while
+    the caller handles the current one: a whole-report export then decrypts page n while
+    the escrow builds page n + 1, instead of taking turns (at 1M x 1M the escrow spends
+    ~250 ms per 10k-record page and the client ~100 ms decrypting it). The client is used
+    by one thread at a time; an error surfaces when its page is reached."""
+    if not read_ahead:
+        cursor: str | None = None
+        while True:
+            page = fetch(cursor)
+            yield page
+            if not page.next_cursor:
+                return
+            cursor = page.next_cursor
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, thread_name_prefix="blindmap-page") as pool:
+        pending = pool.submit(fetch, None)
+        try:
+            while True:
+                page = pending.result()
+                if page.next_cursor:
+                    pending = pool.submit(fetch, page.next_cursor)
+                yield page
+                if not page.next_cursor:
+                    return
+        finally:
+            pending.cancel()  # the caller stopped early: drop a page not yet asked for

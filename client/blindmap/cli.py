@@ -1192,10 +1192,10 @@ def report_overlaps(
         p = _resolve(client, partnership)
         keys = _report_keys(client, p, key_file)
         with _fetch_progress(state, "overlaps") as progress:
-            items, versions, notes = rep.fetch_overlaps(
-                client, p.id, mine=mine, theirs=theirs, on_progress=progress
+            rows, versions, notes = rep.overlap_rows(
+                client, keys, p.id, mine=mine, theirs=theirs, on_progress=progress
             )
-    result = rep.Report(rep.Context.of(p, versions), overlaps=rep.decrypt_overlaps(keys, items))
+    result = rep.Report(rep.Context.of(p, versions), overlaps=rows)
     result.notes.extend(notes)
     _write_report(state, result, fmt, output)
 
@@ -1229,12 +1229,10 @@ def report_white_space(
         p = _resolve(client, partnership)
         keys = _report_keys(client, p, key_file)
         with _fetch_progress(state, "white space") as progress:
-            items, versions, notes = rep.fetch_white_space(
-                client, p.id, theirs=theirs, not_in=_split_pops(not_in), on_progress=progress
+            released, versions, notes = rep.white_space_rows(
+                client, keys, p.id, theirs=theirs, not_in=_split_pops(not_in), on_progress=progress
             )
-    result = rep.Report(
-        rep.Context.of(p, versions), white_space=rep.decrypt_white_space(keys, items)
-    )
+    result = rep.Report(rep.Context.of(p, versions), white_space=released)
     result.notes.extend(notes)
     _write_report(state, result, fmt, output)
 
@@ -1322,9 +1320,9 @@ def report_ecosystem(
                 continue
             keys = rep.ReportKeys.for_partnership(private, p)
             with _fetch_progress(state, f"overlaps with {p.partner.slug}") as progress:
-                items, versions, more = rep.fetch_overlaps(client, p.id, on_progress=progress)
+                rows, versions, more = rep.overlap_rows(client, keys, p.id, on_progress=progress)
             notes.extend(f"{p.partner.slug}: {n}" for n in more)
-            parts.append((rep.Context.of(p, versions), rep.decrypt_overlaps(keys, items)))
+            parts.append((rep.Context.of(p, versions), rows))
     result = rep.build_ecosystem(parts)
     result.notes.extend(notes)
     _write_report(state, result, fmt, output)
@@ -1370,17 +1368,15 @@ def report_html(
             rep.Context.of(p, summary.policy_versions, summary.generated_at), summary=summary
         )
         with _fetch_progress(state, "overlaps") as progress:
-            items, versions, notes = rep.fetch_overlaps(
-                client, p.id, mine=mine, theirs=theirs, on_progress=progress
+            result.overlaps, versions, notes = rep.overlap_rows(
+                client, keys, p.id, mine=mine, theirs=theirs, on_progress=progress
             )
-        result.overlaps = rep.decrypt_overlaps(keys, items)
         if versions is not None:
             result.add_versions(versions, "overlaps")
         with _fetch_progress(state, "white space") as progress:
-            ws, ws_versions, ws_notes = rep.fetch_white_space(
-                client, p.id, theirs=theirs, not_in=_split_pops(not_in), on_progress=progress
+            result.white_space, ws_versions, ws_notes = rep.white_space_rows(
+                client, keys, p.id, theirs=theirs, not_in=_split_pops(not_in), on_progress=progress
             )
-        result.white_space = rep.decrypt_white_space(keys, ws)
         if ws_versions is not None:
             result.add_versions(ws_versions, "white space")
     result.notes.extend(notes + ws_notes)

@@ -82,10 +82,12 @@ __all__ = [
     "fetch_overlaps",
     "fetch_white_space",
     "neutralise_csv_cell",
+    "overlap_rows",
     "render_table",
     "to_csv",
     "to_html",
     "to_json",
+    "white_space_rows",
 ]
 
 JSON_VERSION: Final = 1
@@ -464,10 +466,54 @@ def fetch_white_space(
     return _collect(pages, "white space", on_progress)
 
 
+def overlap_rows(
+    client: Client,
+    keys: ReportKeys,
+    partnership_id: uuid.UUID,
+    *,
+    mine: str | None = None,
+    theirs: str | None = None,
+    on_progress: Callable[[int], None] | None = None,
+    limit: int = protocol.MAX_REPORT_PAGE,
+) -> tuple[list[OverlapRow], protocol.PolicyVersions | None, list[str]]:
+    """The whole overlaps report, decrypted (rows, the policy versions, notes).
+
+    What `fetch_overlaps` + `decrypt_overlaps` give, faster for large reports: each page
+    is decrypted while the next one is requested (1M x 1M: 16 pages of 10k, the escrow
+    ~250 ms per page, decrypting ~100 ms)."""
+    pages = client.iter_overlap_pages(
+        partnership_id, mine=mine, theirs=theirs, limit=limit, read_ahead=True
+    )
+    return _collect(pages, "overlaps", on_progress, lambda items: decrypt_overlaps(keys, items))
+
+
+def white_space_rows(
+    client: Client,
+    keys: ReportKeys,
+    partnership_id: uuid.UUID,
+    *,
+    theirs: str | None = None,
+    not_in: list[str] | None = None,
+    on_progress: Callable[[int], None] | None = None,
+    limit: int = protocol.MAX_REPORT_PAGE,
+) -> tuple[list[Released], protocol.PolicyVersions | None, list[str]]:
+    """The whole white-space report, decrypted page by page as for `overlap_rows`."""
+    pages = client.iter_white_space_pages(
+        partnership_id, theirs=theirs, not_in=not_in, limit=limit, read_ahead=True
+    )
+    return _collect(
+        pages, "white space", on_progress, lambda items: decrypt_white_space(keys, items)
+    )
+
+
 def _collect(
-    pages: Iterable[Any], what: str, on_progress: Callable[[int], None] | None
+    pages: Iterable[Any],
+    what: str,
+    on_progress: Callable[[int], None] | None,
+    convert: Callable[[list[Any]], list[Any]] | None = None,
 ) -> tuple[list[Any], protocol.PolicyVersions | None, list[str]]:
-    """Concatenate pages; note when the policy versions change between two pages."""
+    """Concatenate pages (each through `convert`, if given); note when the policy
+    versions change between two pages."""
     items: list[Any] = []
     versions: protocol.PolicyVersions | None = None
     notes: list[str] = []
@@ -477,7 +523,7 @@ def _collect(
             if versions is not None and page.policy_versions != versions:
                 notes.append(f"a policy changed while the {what} was fetched: re-run the report")
             versions = page.policy_versions
-            items.extend(page.items)
+            items.extend(page.items if convert is None else convert(page.items))
             if on_progress is not None:
                 on_progress(len(items))
     return items, versions, notes
