@@ -29,6 +29,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check client/blindmap service tests bench
+	$(BIN)/ruff format --check client/blindmap service tests bench migrations
 	$(BIN)/mypy
 	.ci/audit
 

@@ -13,8 +13,14 @@ from service.models import Job, utcnow
 
 def _job(app, **kw) -> int:
     with app.state.sessionmaker.begin() as s:
-        job = Job(kind=kw.pop("kind", "test"), status=kw.pop("status", "queued"), attempts=0,
-                  run_after=utcnow(), created_at=utcnow(), **kw)
+        job = Job(
+            kind=kw.pop("kind", "test"),
+            status=kw.pop("status", "queued"),
+            attempts=0,
+            run_after=utcnow(),
+            created_at=utcnow(),
+            **kw,
+        )
         s.add(job)
         s.flush()
         return job.id

@@ -13,14 +13,19 @@ def test_demo_runs_end_to_end(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("BLINDMAP_")}
     proc = subprocess.run(
         [str(bin_dir / "blindmap-server"), "demo", "--workdir", str(tmp_path / "demo")],
-        capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path, check=False,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+        cwd=tmp_path,
+        check=False,
     )
     out = proc.stdout
     assert proc.returncode == 0, out[-4000:] + proc.stderr[-3000:]
     for expected in (
         "Verified the partnership with globex",
-        "Account mapping",            # the matrix
-        "Overlaps",                   # co-sell overlaps
+        "Account mapping",  # the matrix
+        "Overlaps",  # co-sell overlaps
         "White space",
         "hash chain is intact",
         "stopped cleanly",
