@@ -21,22 +21,14 @@ from service.upload.ingest import KIND_CODES
 # a speculative insertion per row, slower), on SQLite by ON CONFLICT DO NOTHING (there
 # DISTINCT's sort cost 0.4-0.5 s more per 200k pairs). Nothing else can conflict: this job
 # deleted the pair's rows first and match jobs of one partnership are serialised (row
-# lock). Rows go in in key order: the merge join yields them in token order, i.e. random
-# record order, and 200k random inserts into the primary key cost PostgreSQL 0.4 s more.
-_JOIN_PG = (
+# lock). Inserting the pairs in key order (a sorted DISTINCT) gained nothing with the hash
+# join a fresh upload gets (`python -m bench.match_join`: 1.48 s against 1.43 s at 1M).
+_JOIN = (
     "INSERT INTO matches (a_upload, a_seq, b_upload, b_seq, partnership_id) "
-    "SELECT :a_upload, a_seq, :b_upload, b_seq, :pid FROM ("
-    "SELECT DISTINCT {a_seq} AS a_seq, {b_seq} AS b_seq "
+    "SELECT {distinct}:a_upload, {a_seq}, :b_upload, {b_seq}, :pid "
     "FROM tokens t1 JOIN tokens t2 ON t2.upload_num = :other AND t2.kind = t1.kind "
     "AND t2.value = t1.value "
-    "WHERE t1.upload_num = :mine AND t1.kind IN :kinds) AS pairs ORDER BY a_seq, b_seq"
-)
-_JOIN_SQLITE = (
-    "INSERT INTO matches (a_upload, a_seq, b_upload, b_seq, partnership_id) "
-    "SELECT :a_upload, {a_seq}, :b_upload, {b_seq}, :pid "
-    "FROM tokens t1 JOIN tokens t2 ON t2.upload_num = :other AND t2.kind = t1.kind "
-    "AND t2.value = t1.value "
-    "WHERE t1.upload_num = :mine AND t1.kind IN :kinds ORDER BY 2, 4 ON CONFLICT DO NOTHING"
+    "WHERE t1.upload_num = :mine AND t1.kind IN :kinds{on_conflict}"
 )
 
 
@@ -107,9 +99,11 @@ def run_match(session: Session, job: Job) -> None:
     for other, shared, mask in todo:
         a, b = (up, other) if i_am_a else (other, up)
         if shared:
-            sql = (_JOIN_PG if pg else _JOIN_SQLITE).format(
+            sql = _JOIN.format(
                 a_seq="t1.seq" if i_am_a else "t2.seq",
                 b_seq="t2.seq" if i_am_a else "t1.seq",
+                distinct="DISTINCT " if pg else "",
+                on_conflict="" if pg else " ON CONFLICT DO NOTHING",
             )
             session.execute(
                 text(sql).bindparams(bindparam("kinds", expanding=True)),
