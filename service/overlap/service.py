@@ -22,7 +22,7 @@ from service.upload.ingest import KIND_CODES
 # DISTINCT's sort cost 0.4-0.5 s more per 200k pairs). Nothing else can conflict: this job
 # deleted the pair's rows first and match jobs of one partnership are serialised (row
 # lock). Inserting the pairs in key order (a sorted DISTINCT) gained nothing with the hash
-# join a fresh upload gets (`python -m bench.match_join`: 1.48 s against 1.43 s at 1M).
+# join a fresh upload gets (`python -m bench.match_join`: 1.391 s against 1.390 s at 1M).
 _JOIN = (
     "INSERT INTO matches (a_upload, a_seq, b_upload, b_seq, partnership_id) "
     "SELECT {distinct}:a_upload, {a_seq}, :b_upload, {b_seq}, :pid "
