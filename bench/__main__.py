@@ -18,9 +18,15 @@ BENCHES: dict[str, str] = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench")
+    # -h/--help goes to the named benchmark (`python -m bench e2e --help`), to this parser
+    # only without a name
+    parser = argparse.ArgumentParser(prog="python -m bench", add_help=False)
     parser.add_argument("names", nargs="*", help=f"benchmarks to run: {', '.join(BENCHES)}")
     args, rest = parser.parse_known_args()
+    if not args.names and {"-h", "--help"} & set(rest):
+        parser.print_help()
+        print("\n`python -m bench NAME --help` shows a benchmark's options.")
+        return
     # Without names: the end-to-end benchmark (issue 7) at $SIZE (make bench SIZE=1m);
     # the building-block benchmarks run when named (`make bench BENCH_ARGS="ingest"`).
     names = args.names or ["e2e"]
