@@ -122,6 +122,7 @@ def authenticate(
     session: SessionDep,
     _declared: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)],
 ) -> Principal:
+    _refuse_key_in_query(request)
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
     key = key.strip()
@@ -137,6 +138,25 @@ def authenticate(
         session.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=now))
     request.state.key_prefix = prefix  # for the access log; never the key itself
     return Principal(session, company_id=company_id, key_id=key_id, role=Role(role), prefix=prefix)
+
+
+# Parameter names a client might put a key under; any well-formed key counts as well.
+_KEY_PARAMS = frozenset({"api_key", "apikey", "access_token", "bearer"})
+
+
+def _refuse_key_in_query(request: Request) -> None:
+    """A key in the URL is refused even beside a valid header: URLs end up in access
+    logs, proxies and browser history, so the client must be fixed (and the key
+    rotated), not quietly served. The refusal names the parameter, never the value."""
+    for name, value in request.query_params.multi_items():
+        if name.lower() in _KEY_PARAMS or well_formed(value):
+            raise errors.Unauthenticated(
+                f"API keys are not accepted in the query string (parameter '{name}'): URLs "
+                "are recorded in logs and browser history. Send 'Authorization: Bearer <key>' "
+                "instead, and revoke this key if the URL may have been recorded.",
+                headers={"WWW-Authenticate": "Bearer"},
+                parameter=name,
+            )
 
 
 def require(role: Role) -> Callable[[Principal], Awaitable[Principal]]:

@@ -342,6 +342,13 @@ def _key_in_query(w: World) -> httpx.Response:
     return r
 
 
+def _key_in_query_and_header(w: World) -> httpx.Response:
+    key = w.a.keys["admin"]
+    r = w.client.post(f"/v1/partnerships/{w.pid}/end?cursor={key}", headers=w.a.headers())
+    _no_secret(r.text + str(r.headers), key)
+    return r
+
+
 def _b_request(method: str, path: Callable[[World], str], **kw: Any) -> Run:
     def run(w: World) -> httpx.Response:
         return w.client.request(method, path(w), headers=w.b.headers(), **kw)
@@ -398,7 +405,12 @@ CASES: dict[str, Case] = {
         r"Authorization: Bearer",
         ("revoked_key",),
     ),
-    "API key in the query string": Case(_key_in_query, 401, r"Authorization: Bearer"),
+    "API key in the query string": Case(
+        _key_in_query, 401, r"not accepted in the query string \(parameter 'api_key'\)"
+    ),
+    "API key in the query string beside a valid header": Case(
+        _key_in_query_and_header, 401, r"query string.*Authorization: Bearer"
+    ),
     "missing role: uploader ends a partnership": Case(
         _end(lambda w: w.a.headers("uploader")), 403, r"'admin'.*'uploader'"
     ),
