@@ -3,6 +3,7 @@ PostgreSQL matching core").
 
     .venv/bin/python -m bench.match_join                 # 1M x 1M, 20% shared
     .venv/bin/python -m bench.match_join --n 200000
+    .venv/bin/python -m bench.match_join --db sqlite     # SQLite: the insert order
 
 Creates a scratch database on the PostgreSQL at 127.0.0.1:5432 (dropped at the end) with
 the `tokens` and `matches` tables of service/models.py, two uploads of N random 16-byte
@@ -10,14 +11,20 @@ tokens of which 20% are shared, and times variants of the job's `INSERT … SELE
 in a transaction that is rolled back, interleaved, median of --runs: the statement the
 job runs (`_JOIN`), the pairs inserted in key order (a sorted DISTINCT), both again as a
 merge join over index-only scans after a `VACUUM` (which the job cannot have: nothing
-vacuums a fresh upload), and token values as `uuid`.
+vacuums a fresh upload), and token values as `uuid`. With `--db sqlite`: the same
+tables (`WITHOUT ROWID`) in a temporary SQLite file, record numbers shuffled against token
+order as real lists have them, the job's statement with and without its `ORDER BY 2, 4`.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
+import random
+import sqlite3
 import statistics
+import tempfile
 import time
 import uuid
 
@@ -80,13 +87,67 @@ def _medians(c: psycopg.Connection, variants: list[tuple[str, str, tuple[str, ..
         )
 
 
+def _sqlite() -> None:
+    with tempfile.TemporaryDirectory() as d:
+        c = sqlite3.connect(os.path.join(d, "match.db"), isolation_level=None)
+        c.execute("PRAGMA journal_mode=WAL")
+        c.execute("PRAGMA synchronous=NORMAL")
+        c.execute(
+            "CREATE TABLE tokens (upload_num INTEGER, kind SMALLINT, value BLOB, seq BIGINT, "
+            "partnership_id CHAR(32) NOT NULL, PRIMARY KEY (upload_num, kind, value, seq)) "
+            "WITHOUT ROWID"
+        )
+        c.execute(
+            "CREATE TABLE matches (a_upload INTEGER, a_seq BIGINT, b_upload INTEGER, "
+            "b_seq BIGINT, partnership_id CHAR(32) NOT NULL, "
+            "PRIMARY KEY (a_upload, a_seq, b_upload, b_seq)) WITHOUT ROWID"
+        )
+        c.execute("CREATE INDEX ix_matches_b ON matches (b_upload, b_seq)")
+        c.execute("BEGIN")
+        for num, lo, hi in ((1, 1, N), (2, int(N * 0.8) + 1, int(N * 1.8))):
+            seqs = list(range(lo, hi + 1))
+            random.Random(num).shuffle(seqs)  # a record's number has nothing to do with its token
+            c.executemany(
+                "INSERT INTO tokens VALUES (?, 0, ?, ?, 'p')",
+                (
+                    (num, hashlib.md5(str(i).encode()).digest(), seq)
+                    for i, seq in zip(range(lo, hi + 1), seqs, strict=True)
+                ),
+            )
+        c.execute("COMMIT")
+        params = {"a_upload": 1, "b_upload": 2, "pid": "p", "other": 2, "mine": 1}
+        variants = {
+            "the job's statement (ORDER BY 2, 4)": " ORDER BY 2, 4 ON CONFLICT DO NOTHING",
+            "without the ORDER BY (before session 4)": " ON CONFLICT DO NOTHING",
+        }
+        times: dict[str, list[float]] = {k: [] for k in variants}
+        print(f"match join on SQLite, {N:,} x {N:,} tokens, median of {RUNS}:")
+        for r in range(RUNS + 1):  # the first round warms the cache
+            for label, tail in variants.items():
+                sql = _JOIN.format(a_seq="t1.seq", b_seq="t2.seq", distinct="", tail=tail)
+                sql = sql.replace(":kinds", "(0)")
+                c.execute("BEGIN")
+                t = time.perf_counter()
+                n = c.execute(sql, params).rowcount
+                if r:
+                    times[label].append(time.perf_counter() - t)
+                c.execute("ROLLBACK")
+        for label, ts in times.items():
+            print(f"  {label:<55} {statistics.median(ts):6.3f} s  (min {min(ts):.3f}, {n:,} pairs)")
+        c.close()
+
+
 def main() -> None:
     global N, RUNS
     ap = argparse.ArgumentParser(prog="python -m bench.match_join")
     ap.add_argument("--n", type=int, default=1_000_000, help="tokens per upload")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--db", choices=("postgresql", "sqlite"), default="postgresql")
     args = ap.parse_args()
     N, RUNS = args.n, args.runs
+    if args.db == "sqlite":
+        _sqlite()
+        return
     db = f"blindmap_match_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(ADMIN, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{db}"')

@@ -21,14 +21,17 @@ from service.upload.ingest import KIND_CODES
 # a speculative insertion per row, slower), on SQLite by ON CONFLICT DO NOTHING (there
 # DISTINCT's sort cost 0.4-0.5 s more per 200k pairs). Nothing else can conflict: this job
 # deleted the pair's rows first and match jobs of one partnership are serialised (row
-# lock). Inserting the pairs in key order (a sorted DISTINCT) gained nothing with the hash
-# join a fresh upload gets (`python -m bench.match_join`: 1.391 s against 1.390 s at 1M).
+# lock). On SQLite the pairs go in in key order (ORDER BY 2, 4): `matches` is clustered
+# on its key, and the join yields pairs in token order, i.e. random record order
+# (`python -m bench.match_join --db sqlite`: 1.25 -> 0.78 s at 1M). On PostgreSQL the
+# same (a sorted DISTINCT) gained nothing with the hash join a fresh upload gets
+# (`python -m bench.match_join`: 1.391 s against 1.390 s).
 _JOIN = (
     "INSERT INTO matches (a_upload, a_seq, b_upload, b_seq, partnership_id) "
     "SELECT {distinct}:a_upload, {a_seq}, :b_upload, {b_seq}, :pid "
     "FROM tokens t1 JOIN tokens t2 ON t2.upload_num = :other AND t2.kind = t1.kind "
     "AND t2.value = t1.value "
-    "WHERE t1.upload_num = :mine AND t1.kind IN :kinds{on_conflict}"
+    "WHERE t1.upload_num = :mine AND t1.kind IN :kinds{tail}"
 )
 
 
@@ -103,7 +106,7 @@ def run_match(session: Session, job: Job) -> None:
                 a_seq="t1.seq" if i_am_a else "t2.seq",
                 b_seq="t2.seq" if i_am_a else "t1.seq",
                 distinct="DISTINCT " if pg else "",
-                on_conflict="" if pg else " ON CONFLICT DO NOTHING",
+                tail="" if pg else " ORDER BY 2, 4 ON CONFLICT DO NOTHING",
             )
             session.execute(
                 text(sql).bindparams(bindparam("kinds", expanding=True)),
