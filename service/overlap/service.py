@@ -23,7 +23,7 @@ from service.upload.ingest import KIND_CODES
 # deleted the pair's rows first and match jobs of one partnership are serialised (row
 # lock). On SQLite the pairs go in in key order (ORDER BY 2, 4): `matches` is clustered
 # on its key, and the join yields pairs in token order, i.e. random record order
-# (`python -m bench.match_join --db sqlite`: 1.25 -> 0.78 s at 1M). On PostgreSQL the
+# (`python -m bench.match_join --db sqlite`: 1.32 -> 0.80 s at 1M). On PostgreSQL the
 # same (a sorted DISTINCT) gained nothing with the hash join a fresh upload gets
 # (`python -m bench.match_join`: 1.391 s against 1.390 s).
 _JOIN = (
