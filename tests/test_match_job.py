@@ -9,7 +9,6 @@ test runs the jobs and counts the join statements they send.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 
@@ -23,7 +22,7 @@ from service.main import create_app
 from service.models import Upload, match_counts
 from service.upload.ingest import KIND_CODES
 from tests.conftest import partner_up
-from tests.uploads import b64, manifest, match_pairs, ndjson, token
+from tests.uploads import match_pairs, record, upload
 
 
 @pytest.fixture
@@ -48,37 +47,18 @@ def _policy(client: TestClient, tenant, pid: str, match_on: list[str]) -> None: 
 
 
 def _upload(client: TestClient, tenant, pid: str, recs: list[dict]) -> None:  # type: ignore[no-untyped-def]
-    chunks = [ndjson(recs)]
-    h = tenant.headers("uploader")
-    body = manifest(client, tenant, pid, "customers", chunks, len(recs))
-    body["token_kinds"] = ["domain", "name"]
-    r = client.post(f"/v1/partnerships/{pid}/uploads", json=body, headers=h)
-    assert r.status_code == 201, r.text
-    up = r.json()["id"]
-    r = client.put(
-        f"/v1/uploads/{up}/chunks/0", content=chunks[0], headers={**h, "content-type": NDJSON}
+    _, r = upload(
+        client, tenant, pid, "customers", [], records=recs, token_kinds=["domain", "name"]
     )
     assert r.status_code == 200, r.text
-    r = client.post(f"/v1/uploads/{up}/commit", headers=h)
-    assert r.status_code == 200, r.text
 
 
-NDJSON = "application/x-ndjson"
 DOMAIN, NAME = 1 << KIND_CODES["domain"], 1 << KIND_CODES["name"]  # match_counts.kinds bits
 
 
-def _rec(ref: str, kind: str, value: str) -> dict:
-    return {
-        "ref": ref,
-        "tokens": [{"kind": kind, "value": b64(token(value))}],
-        "self": b64(os.urandom(40)),
-        "partner": None,
-    }
-
-
 # r0 shares a domain, r1 only a name, r2 nothing
-A = [_rec("a0", "domain", "d0"), _rec("a1", "name", "n1"), _rec("a2", "domain", "d2")]
-B = [_rec("b0", "domain", "d0"), _rec("b1", "name", "n1"), _rec("b2", "domain", "x2")]
+A = [record("a0", ["d0"]), record("a1", ["n1"], kind="name"), record("a2", ["d2"])]
+B = [record("b0", ["d0"]), record("b1", ["n1"], kind="name"), record("b2", ["x2"])]
 
 
 def _run_jobs(client: TestClient) -> tuple[int, int]:

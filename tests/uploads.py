@@ -67,10 +67,12 @@ def upload(
     chunk_size: int = 1000,
     commit: bool = True,
     role: str = "uploader",
+    records: list[dict] | None = None,
     **over,
 ):
-    """Stage, send and (by default) commit a list; returns (upload json, last response)."""
-    recs = [
+    """Stage, send and (by default) commit a list; returns (upload json, last response).
+    `records` (built with `record`) replaces the one-record-per-value list."""
+    recs = records or [
         record(f"r{i}", v, partner=bool(over.get("sealed_fields"))) for i, v in enumerate(values)
     ]
     chunks = [ndjson(recs[i : i + chunk_size]) for i in range(0, len(recs), chunk_size)]
