@@ -233,46 +233,46 @@ def count_matches(url: str, pid: str) -> tuple[int, float | None]:
     """Rows in `matches` for the partnership, and the last match job's run time."""
     from sqlalchemy import func, select
 
-    from service.db import make_engine, make_sessionmaker
     from service.models import Job, matches
 
-    engine = make_engine(_settings(url))
-    try:
-        with make_sessionmaker(engine)() as s:
-            n = s.execute(
-                select(func.count())
-                .select_from(matches)
-                .where(matches.c.partnership_id == uuid.UUID(pid))
-            ).scalar_one()
-            job = s.execute(
-                select(Job).where(Job.kind == "match").order_by(Job.id.desc()).limit(1)
-            ).scalar_one()
-            took = (
-                (job.finished_at - job.locked_at).total_seconds()
-                if job.finished_at and job.locked_at
-                else None
-            )
-    finally:
-        engine.dispose()
-    return int(n), took
+    with _session(url) as s:
+        n = s.execute(
+            select(func.count())
+            .select_from(matches)
+            .where(matches.c.partnership_id == uuid.UUID(pid))
+        ).scalar_one()
+        job = s.execute(
+            select(Job).where(Job.kind == "match").order_by(Job.id.desc()).limit(1)
+        ).scalar_one()
+        return int(n), _job_seconds(job)
 
 
 def match_job_times(url: str) -> list[float]:
     """Run time of every finished match job, oldest first (each commit queues one)."""
     from sqlalchemy import select
 
-    from service.db import make_engine, make_sessionmaker
     from service.models import Job
+
+    with _session(url) as s:
+        jobs = s.execute(select(Job).where(Job.kind == "match").order_by(Job.id)).scalars()
+        return [t for t in map(_job_seconds, jobs) if t is not None]
+
+
+def _job_seconds(job: Any) -> float | None:
+    if job.finished_at and job.locked_at:
+        return float((job.finished_at - job.locked_at).total_seconds())
+    return None
+
+
+@contextmanager
+def _session(url: str) -> Iterator[Any]:
+    """A session on the benchmark database, its engine disposed afterwards."""
+    from service.db import make_engine, make_sessionmaker
 
     engine = make_engine(_settings(url))
     try:
         with make_sessionmaker(engine)() as s:
-            jobs = s.execute(select(Job).where(Job.kind == "match").order_by(Job.id)).scalars()
-            return [
-                (j.finished_at - j.locked_at).total_seconds()
-                for j in jobs
-                if j.finished_at and j.locked_at
-            ]
+            yield s
     finally:
         engine.dispose()
 
