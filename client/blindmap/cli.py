@@ -836,7 +836,7 @@ def audit(state: State, limit: int) -> None:
     "--jobs",
     type=click.IntRange(1, 64),
     default=None,
-    help="Processes that normalize and seal [default: all CPUs for large files].",
+    help="Processes that normalize and seal [default: every CPU for large files, from 4 CPUs].",
 )
 @click.option("--dry-run", is_flag=True, help="Read, tokenize and seal, but send nothing.")
 @click.option(

@@ -387,7 +387,7 @@ class _HashingLines:
 
 _READ_BATCH: Final = 5_000
 _PARALLEL_READ_BYTES: Final = 8 * 1024 * 1024
-_PARALLEL_READ_MIN_CPUS: Final = 4
+_PARALLEL_MIN_CPUS: Final = 4
 _PARALLEL_BUILD_RECORDS: Final = 50_000
 _by_line: Final = attrgetter("line")
 
@@ -598,7 +598,7 @@ def read_accounts(
             # on 2 CPUs that measured slower than one process, so only from 4 on.
             cpus = _parallel.available_cpus()
             big = p.stat().st_size >= _PARALLEL_READ_BYTES
-            jobs = cpus if big and cpus >= _PARALLEL_READ_MIN_CPUS else 1
+            jobs = cpus if big and cpus >= _PARALLEL_MIN_CPUS else 1
         of_rows: Callable[[None, list[Any]], Sequence[tuple[str | None, str | None]]] = (
             _domains_of_cells if single is not None else _domains_of_rows
         )
@@ -761,7 +761,8 @@ def build_upload(
     (no padding) bytes; `partner` is null when `sealed_fields` is empty. Binary (§8.3):
     the same values as raw, length-prefixed bytes. Chunks close at `chunk_size` records
     or `max_chunk_bytes` bytes. `jobs` processes encode and seal (None: every usable CPU
-    from 50,000 records on, else 1); the records do not depend on it.
+    from 50,000 records on machines with 4 or more, else 1); the records do not depend on
+    it.
     """
     if chunk_size < 1:
         raise ValueError("chunk_size must be at least 1")
@@ -874,7 +875,12 @@ def build_upload(
             return lines(accounts[span[0] : span[1]], span[0])
 
     if jobs is None:
-        jobs = _parallel.available_cpus() if len(accounts) >= _PARALLEL_BUILD_RECORDS else 1
+        # Forked sealers cost CPU of their own (8.7 CPU-s instead of 5.5 for 865k records):
+        # on 2 CPUs they saved 1 s of an idle machine's wall clock and cost 2.5-3 s when the
+        # CPUs were shared (BENCHMARKS.md, "session 5"), so only from 4 CPUs on, as reading.
+        cpus = _parallel.available_cpus()
+        big = len(accounts) >= _PARALLEL_BUILD_RECORDS
+        jobs = cpus if big and cpus >= _PARALLEL_MIN_CPUS else 1
     # Forked workers inherit the keys and accounts; only spans go out and encoded records
     # come back. Nonces come from os.urandom, so forked children never repeat one.
     batch_size = min(chunk_size, 2_000 if jobs <= 1 else 5_000)
@@ -1116,7 +1122,8 @@ def sync(
     rows). With `dry_run` nothing is created or sent: the report says what would be.
     `chunk_format` is "binary" (default, docs/protocol.md §8.3) or "ndjson" (§8.2).
     `jobs` is how many processes normalize and seal (None: all usable CPUs for large
-    inputs); `send_ahead` how many chunks are in flight to the escrow at once.
+    inputs on machines with 4 or more, else 1); `send_ahead` how many chunks are in
+    flight to the escrow at once.
     """
     if read is None:
         read = read_accounts(
