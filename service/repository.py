@@ -91,8 +91,11 @@ class Compiled:
     psycopg as the same Python values) and without expanding IN parameters. Elsewhere
     (SQLite) the statement runs through the session as usual."""
 
-    def __init__(self, stmt: Any) -> None:
+    def __init__(self, stmt: Any, *, binary: bool = False) -> None:
         self.stmt = stmt
+        # binary results: bytea arrives as raw bytes instead of hex text that PostgreSQL
+        # writes and psycopg parses (a 10k-record overlaps page: 2.4 MB of payloads)
+        self.binary = binary
         self._pg: tuple[str, dict[str, Any]] | None = None
 
     def rows(self, session: Session, params: dict[str, Any]) -> list[tuple[Any, ...]]:
@@ -104,7 +107,7 @@ class Compiled:
         sql, defaults = self._pg
         raw: Any = session.connection().connection.driver_connection
         with raw.cursor() as cur:
-            cur.execute(sql, {**defaults, **params})
+            cur.execute(sql, {**defaults, **params}, binary=self.binary)
             return cur.fetchall()  # type: ignore[no-any-return]
 
 

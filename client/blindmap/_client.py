@@ -13,8 +13,14 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import httpx
 
-from blindmap import protocol
-from blindmap._errors import APIConnectionError, APITimeoutError, BlindmapError, from_response
+from blindmap import binary_pages, protocol
+from blindmap._errors import (
+    APIConnectionError,
+    APIError,
+    APITimeoutError,
+    BlindmapError,
+    from_response,
+)
 
 if TYPE_CHECKING:
     from blindmap.policy import Policy
@@ -407,6 +413,57 @@ class Client:
             ).content
         )
 
+    def report_overlaps_raw(
+        self,
+        partnership_id: str | uuid.UUID,
+        *,
+        mine: str | None = None,
+        theirs: str | None = None,
+        cursor: str | None = None,
+        limit: int = protocol.MAX_REPORT_PAGE,
+    ) -> binary_pages.RawOverlapPage:
+        """`report_overlaps` as a binary page (docs/protocol.md §9.1): the payloads as
+        bytes, no base64 or JSON per record. For bulk exports (`reports.overlap_rows`).
+        An escrow that answers JSON instead is read as JSON."""
+        params: dict[str, Any] = {"limit": limit}
+        for k, v in (("mine", mine), ("theirs", theirs), ("cursor", cursor)):
+            if v:
+                params[k] = v
+        accept = f"{binary_pages.BINARY_OVERLAPS}, application/json;q=0.5"
+        resp = self.request(
+            "GET",
+            f"/v1/partnerships/{partnership_id}/reports/overlaps",
+            params=params,
+            headers={"Accept": accept},
+        )
+        ctype = resp.headers.get("content-type", "")
+        if ctype.startswith(binary_pages.BINARY_OVERLAPS):
+            try:
+                return binary_pages.decode_overlap_page(resp.content)
+            except binary_pages.BinaryPageError as exc:
+                raise APIError(
+                    f"the escrow sent a malformed binary overlaps page: {exc}",
+                    request=resp.request,
+                ) from None
+        return binary_pages.from_json_page(protocol.OverlapPage.model_validate_json(resp.content))
+
+    def iter_raw_overlap_pages(
+        self,
+        partnership_id: str | uuid.UUID,
+        *,
+        mine: str | None = None,
+        theirs: str | None = None,
+        limit: int = protocol.MAX_REPORT_PAGE,
+        read_ahead: bool = False,
+    ) -> Iterator[binary_pages.RawOverlapPage]:
+        """`iter_overlap_pages` with binary pages (`report_overlaps_raw`)."""
+        return _pages(
+            lambda cursor: self.report_overlaps_raw(
+                partnership_id, mine=mine, theirs=theirs, cursor=cursor, limit=limit
+            ),
+            read_ahead=read_ahead,
+        )
+
     def iter_overlap_pages(
         self,
         partnership_id: str | uuid.UUID,
@@ -505,7 +562,7 @@ class Client:
             cursor = page.next_cursor
 
 
-_Page = TypeVar("_Page", protocol.OverlapPage, protocol.WhiteSpacePage)
+_Page = TypeVar("_Page", protocol.OverlapPage, protocol.WhiteSpacePage, binary_pages.RawOverlapPage)
 
 
 def _pages(fetch: Callable[[str | None], _Page], *, read_ahead: bool = False) -> Iterator[_Page]:

@@ -61,6 +61,7 @@ from typing import Any, Final, Literal, TypeAlias
 from blindmap import crypto, protocol
 from blindmap._client import Client
 from blindmap._parallel import gc_paused
+from blindmap.binary_pages import RawOverlapItem, RawPartnerRecord
 
 __all__ = [
     "JSON_VERSION",
@@ -151,19 +152,22 @@ class ReportKeys:
     def __repr__(self) -> str:
         return f"ReportKeys(partnership_id={self.partnership_id}, <keys hidden>)"
 
-    def open_self(self, ref: str, blob: str) -> dict[str, Any] | None:
-        """My own payload, or None when it does not open."""
+    def open_self(self, ref: str, blob: str | bytes) -> dict[str, Any] | None:
+        """My own payload (base64url as in JSON pages, or the bytes of a binary page), or
+        None when it does not open."""
         try:
-            return self._self.open_or_none(self._s_prefix + ref.encode(), _b64decode(blob))
+            raw = blob if isinstance(blob, bytes) else _b64decode(blob)
+            return self._self.open_or_none(self._s_prefix + ref.encode(), raw)
         except (binascii.Error, ValueError):  # not base64url (or not ASCII)
             return None
 
-    def open_partner(self, ref: str, blob: str) -> dict[str, Any] | None:
+    def open_partner(self, ref: str, blob: str | bytes) -> dict[str, Any] | None:
         """A partner payload (bound to the partner's `ref`), or None when it does not open."""
         if self._partner is None:
             return None
         try:
-            return self._partner.open_or_none(self._p_prefix + ref.encode(), _b64decode(blob))
+            raw = blob if isinstance(blob, bytes) else _b64decode(blob)
+            return self._partner.open_or_none(self._p_prefix + ref.encode(), raw)
         except (binascii.Error, ValueError):
             return None
 
@@ -374,7 +378,7 @@ def _ordered(fields: Mapping[str, Any]) -> dict[str, Any]:
     return {k: fields[k] for k in order}
 
 
-def _release(keys: ReportKeys, rec: protocol.PartnerRecord) -> Released:
+def _release(keys: ReportKeys, rec: protocol.PartnerRecord | RawPartnerRecord) -> Released:
     if rec.sealed is None:
         if rec.withheld:
             return Released(rec.population, "withheld", note=rec.withheld)
@@ -389,7 +393,7 @@ def _text(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-def _my_account(keys: ReportKeys, item: protocol.OverlapItem) -> MyAccount:
+def _my_account(keys: ReportKeys, item: protocol.OverlapItem | RawOverlapItem) -> MyAccount:
     mine = keys.open_self(item.ref, item.self_sealed)
     if mine is None:
         return MyAccount(item.ref, item.population, None, None, None, decrypted=False)
@@ -402,8 +406,11 @@ def _my_account(keys: ReportKeys, item: protocol.OverlapItem) -> MyAccount:
     )
 
 
-def decrypt_overlaps(keys: ReportKeys, items: Iterable[protocol.OverlapItem]) -> list[OverlapRow]:
-    """My matched records with what the partner released about each."""
+def decrypt_overlaps(
+    keys: ReportKeys, items: Iterable[protocol.OverlapItem | RawOverlapItem]
+) -> list[OverlapRow]:
+    """My matched records with what the partner released about each (JSON or binary
+    pages' items)."""
     with gc_paused():
         return [
             OverlapRow(_my_account(keys, it), [_release(keys, r) for r in it.partner])
@@ -478,10 +485,10 @@ def overlap_rows(
 ) -> tuple[list[OverlapRow], protocol.PolicyVersions | None, list[str]]:
     """The whole overlaps report, decrypted (rows, the policy versions, notes).
 
-    What `fetch_overlaps` + `decrypt_overlaps` give, faster for large reports: each page
-    is decrypted while the next one is requested (1M x 1M: 16 pages of 10k, the escrow
-    ~250 ms per page, decrypting ~100 ms)."""
-    pages = client.iter_overlap_pages(
+    What `fetch_overlaps` + `decrypt_overlaps` give, faster for large reports: the pages
+    come in binary (docs/protocol.md §9.1: no base64 or JSON per record on either side)
+    and each is decrypted while the next one is requested."""
+    pages = client.iter_raw_overlap_pages(
         partnership_id, mine=mine, theirs=theirs, limit=limit, read_ahead=True
     )
     return _collect(pages, "overlaps", on_progress, lambda items: decrypt_overlaps(keys, items))

@@ -150,8 +150,8 @@ def _overlap_page_sql(mine: str, theirs: str) -> Any:
 
 
 _OVERLAP_PAGE_PG = {
-    True: Compiled(_overlap_page_sql("a", "b")),
-    False: Compiled(_overlap_page_sql("b", "a")),
+    True: Compiled(_overlap_page_sql("a", "b"), binary=True),
+    False: Compiled(_overlap_page_sql("b", "a"), binary=True),
 }
 
 # (my seq, my ref, my self-sealed, [(their upload, their ref, their partner-sealed), ...])

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from blindmap import protocol
+from blindmap import binary_pages, protocol
 from service.auth import ReaderKey
 from service.db import SessionDep, finish
 from service.report import service
@@ -53,7 +53,22 @@ async def summary_report(
     )
 
 
-@router.get("/reports/overlaps", response_model=protocol.OverlapPage)
+@router.get(
+    "/reports/overlaps",
+    response_model=protocol.OverlapPage,
+    responses={
+        200: {
+            "content": {
+                binary_pages.BINARY_OVERLAPS: {
+                    "schema": {"type": "string", "format": "binary"},
+                }
+            },
+            "description": "JSON, or with `Accept: "
+            f"{binary_pages.BINARY_OVERLAPS}` the same page in binary "
+            "(docs/protocol.md §9.1)",
+        }
+    },
+)
 async def overlaps_report(
     partnership_id: uuid.UUID,
     request: Request,
@@ -65,7 +80,10 @@ async def overlaps_report(
     limit: Limit = 100,
 ) -> Response:
     """My matched records with the partner's populations and released sealed fields."""
-    # The service builds the page as protocol.OverlapPage's JSON shape (see there).
+    # The service builds the page as protocol.OverlapPage's JSON shape (see there), or as
+    # a binary page when the client asks for one (bulk exports: no base64 or JSON per
+    # record on either side).
+    binary = binary_pages.BINARY_OVERLAPS in request.headers.get("accept", "")
     page = await run_in_threadpool(
         _in_one_trip,
         service.overlaps,
@@ -77,8 +95,12 @@ async def overlaps_report(
         theirs=theirs,
         cursor=cursor,
         limit=limit,
+        binary=binary,
     )
-    return Response(orjson.dumps(page), media_type="application/json")
+    headers = {"Vary": "Accept"}
+    if isinstance(page, bytes):
+        return Response(page, media_type=binary_pages.BINARY_OVERLAPS, headers=headers)
+    return Response(orjson.dumps(page), media_type="application/json", headers=headers)
 
 
 @router.get("/reports/white-space", response_model=protocol.WhiteSpacePage)

@@ -15,7 +15,7 @@ import orjson
 from sqlalchemy import and_, bindparam, func, or_, select
 from sqlalchemy.orm import Session
 
-from blindmap import protocol
+from blindmap import binary_pages, protocol
 from blindmap.policy import Effective, Policy, ReportKind, Share, count_cell, effective
 from service import errors
 from service.auth import Principal
@@ -345,6 +345,16 @@ class _Releaser:
             return _record(self.pop, ref, None, [], self.withheld)
         return _record(self.pop, ref, _b64(sealed), list(self.fields), None)
 
+    def raw(
+        self, page: binary_pages.OverlapPageWriter, ref: str, sealed: bytes | None
+    ) -> tuple[int, str, bytes | None]:
+        """`record` for a binary page: (index of its release triple, ref, payload)."""
+        if sealed is None or not self.fields:
+            return page.release(self.pop, (), None), ref, None
+        if self.withheld is not None:
+            return page.release(self.pop, (), self.withheld), ref, None
+        return page.release(self.pop, tuple(self.fields), None), ref, sealed
+
 
 def _record(
     population: str, ref: str, sealed: str | None, fields: list[str], withheld: str | None
@@ -398,9 +408,13 @@ def overlaps(
     cursor: str | None,
     limit: int,
     sql_items: bool | None = None,
-) -> dict[str, Any]:
+    binary: bool = False,
+) -> dict[str, Any] | bytes:
     """A page of my matched records. On PostgreSQL the items' JSON is built by the
-    database (`sql_items`, on by default there; tests compare it with the Python one)."""
+    database (`sql_items`, on by default there; tests compare it with the Python one).
+    With `binary`, the page is the body of a binary overlaps page (docs/protocol.md §9.1:
+    raw payloads, no base64 or JSON per record), built from the same rows as the Python
+    JSON path on both databases."""
     ctx = context(session, caller, pid)
     _population_or_404(mine, ctx.mine, "your")
     if theirs is not None and (
@@ -409,9 +423,11 @@ def overlaps(
         raise errors.NotFound(f"No population '{theirs}' of your partner is visible to you.")
     after_up, after_seq = _cursor(cursor, {u.num for y, u in ctx.mine.items() if mine in (None, y)})
     items: list[dict[str, Any] | orjson.Fragment] = []
+    writer = binary_pages.OverlapPageWriter() if binary else None
     released = 0
     next_cursor = None
     on_pg = session.get_bind().dialect.name == "postgresql" if sql_items is None else sql_items
+    on_pg = on_pg and writer is None  # a binary page is built here from the raw rows
     for y in sorted(ctx.mine, key=lambda s: ctx.mine[s].num):
         my_up = ctx.mine[y]
         if (mine and y != mine) or my_up.num < after_up:
@@ -420,7 +436,7 @@ def overlaps(
         allowed = {x: e for x, e in allowed.items() if e.level >= Share.overlap}
         by_num = {ctx.theirs[x].num: x for x in allowed}
         start = after_seq if my_up.num == after_up else -1
-        need = limit - len(items)
+        need = limit - (len(items) if writer is None else len(writer))
         releasers = {n: _Releaser(ctx.theirs[x], x, allowed[x]) for n, x in by_num.items()}
         if on_pg:  # the items' JSON built by the database (queries.overlap_items_pg)
             rows = queries.overlap_items_pg(
@@ -444,25 +460,39 @@ def overlaps(
             )
             more = len(page) > need
             page = page[:need]
-            for _, ref, self_sealed, matched in page:
-                partner = [releasers[n].record(r, sealed) for n, r, sealed in matched]
-                # protocol.OverlapItem, field for field
-                items.append(
-                    {
-                        "ref": ref,
-                        "population": y,
-                        "self_sealed": _b64(self_sealed),
-                        "partner": partner,
-                    }
-                )
-                released += len(partner)
+            if writer is not None:
+                mine_at = writer.population(y)
+                for _, ref, self_sealed, matched in page:
+                    writer.item(
+                        ref,
+                        mine_at,
+                        self_sealed,
+                        [releasers[n].raw(writer, r, sealed) for n, r, sealed in matched],
+                    )
+                    released += len(matched)
+            else:
+                for _, ref, self_sealed, matched in page:
+                    partner = [releasers[n].record(r, sealed) for n, r, sealed in matched]
+                    # protocol.OverlapItem, field for field
+                    items.append(
+                        {
+                            "ref": ref,
+                            "population": y,
+                            "self_sealed": _b64(self_sealed),
+                            "partner": partner,
+                        }
+                    )
+                    released += len(partner)
             seqs = [p[0] for p in page]
-        if more or len(items) >= limit:
+        if more or (len(items) if writer is None else len(writer)) >= limit:
             if seqs:
                 next_cursor = _next_cursor(my_up.num, seqs[-1])
             break
     if released:
         _release(session, settings, ctx, ReportKind.overlaps, released, mine, theirs)
+    versions = {"mine": ctx.pair.my_version, "partner": ctx.pair.their_version}
+    if writer is not None:
+        return writer.body(ctx.pid, next_cursor, versions)
     # protocol.OverlapPage, field for field, serialised by the router with orjson: building
     # and validating hundreds of pydantic models per page cost more than the page's SQL.
     # tests/test_report_release.py checks the body against the model.
@@ -470,7 +500,7 @@ def overlaps(
         "partnership_id": ctx.pid,
         "items": items,
         "next_cursor": next_cursor,
-        "policy_versions": {"mine": ctx.pair.my_version, "partner": ctx.pair.their_version},
+        "policy_versions": versions,
     }
 
 

@@ -1,0 +1,214 @@
+"""Binary overlaps pages (docs/protocol.md §9.1, `blindmap.binary_pages`): asked for with
+`Accept`, they must carry exactly what the JSON pages carry (payloads as bytes instead of
+base64url) on both databases, page for page; JSON stays the default; the SDK's decoder
+refuses anything malformed with an error naming where, never another exception."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import httpx
+import pytest
+
+import blindmap
+from blindmap import APIError, binary_pages
+from blindmap.protocol import OverlapPage
+from tests.test_reports import _policy, mapped  # noqa: F401  (fixture)
+from tests.uploads import upload, wait_jobs
+
+BIN = {"Accept": binary_pages.BINARY_OVERLAPS}
+
+
+def _walk(client, who, pid, *, binary: bool, limit: int, **filters):  # type: ignore[no-untyped-def]
+    """Every page through the API: (items as JSON, next cursor, policy versions) each."""
+    out, cursor = [], None
+    while True:
+        params = {"limit": limit, **filters, **({"cursor": cursor} if cursor else {})}
+        r = client.get(
+            f"/v1/partnerships/{pid}/reports/overlaps",
+            params=params,
+            headers={**who.headers(), **(BIN if binary else {})},
+        )
+        assert r.status_code == 200, r.text
+        assert r.headers["vary"] == "Accept"
+        if binary:
+            assert r.headers["content-type"] == binary_pages.BINARY_OVERLAPS
+            page = binary_pages.decode_overlap_page(r.content)
+            items = binary_pages.as_json_items(page)
+        else:
+            assert r.headers["content-type"].startswith("application/json")
+            page = OverlapPage.model_validate_json(r.content)  # type: ignore[assignment]
+            items = [i.model_dump(mode="json") for i in page.items]  # type: ignore[attr-defined]
+        assert str(page.partnership_id) == str(pid)
+        out.append((items, page.next_cursor, page.policy_versions.model_dump()))
+        cursor = page.next_cursor
+        if not cursor:
+            return out
+
+
+def test_binary_pages_equal_json_pages(client, tenants, app, mapped):  # noqa: F811
+    a, b = tenants.a, tenants.b
+    # B: a list without sealed fields (`fields: []`, no payload) beside the sealed one
+    client.post("/v1/populations", json={"slug": "events", "kind": "other"}, headers=b.headers())
+    upload(client, b, mapped, "events", [[i] for i in range(10, 50, 2)])
+    policy = {
+        "default": "hidden",
+        "min_count": 3,
+        "min_population": 5,
+        "populations": {
+            "customers": {"share": "full", "fields": ["name", "domain"]},
+            "events": {"share": "overlap"},
+        },
+    }
+    _policy(client, b, mapped, policy)
+    wait_jobs(app)
+    cases = [
+        (a, {}, 7),
+        (a, {}, 1000),
+        (a, {"mine": "customers", "theirs": "events"}, 3),
+        (b, {}, 5),
+    ]
+    for who, filters, limit in cases:
+        binary = _walk(client, who, mapped, binary=True, limit=limit, **filters)
+        json_ = _walk(client, who, mapped, binary=False, limit=limit, **filters)
+        assert binary == json_
+        items = [i for p in binary for i in p[0]]
+        assert items and all(i["partner"] for i in items)
+    released = [r for p in binary for i in p[0] for r in i["partner"]]
+    assert any(r["sealed"] for r in released)
+
+    # B's policy drops `domain`: B's customers payloads are withheld (sealed with it)
+    policy["populations"]["customers"]["fields"] = ["name"]  # type: ignore[index]
+    _policy(client, b, mapped, policy)
+    binary = _walk(client, a, mapped, binary=True, limit=9)
+    assert binary == _walk(client, a, mapped, binary=False, limit=9)
+    recs = [r for p in binary for i in p[0] for r in i["partner"]]
+    withheld = [r for r in recs if r["population"] == "customers"]
+    assert withheld and all(r["sealed"] is None and "domain" in r["withheld"] for r in withheld)
+    unsealed = [r for r in recs if r["population"] == "events"]
+    assert unsealed and all(
+        (r["sealed"], r["fields"], r["withheld"]) == (None, [], None) for r in unsealed
+    )
+
+
+def test_binary_page_errors_stay_problem_json(client, tenants, mapped):  # noqa: F811
+    r = client.get(
+        f"/v1/partnerships/{mapped}/reports/overlaps",
+        params={"limit": 10_001},
+        headers={**tenants.a.headers(), **BIN},
+    )
+    assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json"
+    assert "limit" in r.text
+
+
+# ----------------------------------------------------------------------- the decoder
+
+
+def _sample() -> bytes:
+    w = binary_pages.OverlapPageWriter()
+    mine = w.population("customers")
+    rel = w.release("customers", ("name",), None)
+    gone = w.release("events", (), "the partner's policy no longer releases ['domain']")
+    w.item("r" * 32, mine, os.urandom(40), [(rel, "t" * 32, os.urandom(33))])
+    w.item("s" * 32, mine, os.urandom(41), [(rel, "u" * 32, os.urandom(30)), (gone, "v", None)])
+    w.item("é" * 3, mine, os.urandom(28), [])
+    return w.body(uuid.uuid4(), "next", {"mine": 2, "partner": 3})
+
+
+def test_decoder_round_trip() -> None:
+    body = _sample()
+    page = binary_pages.decode_overlap_page(body)
+    assert page.next_cursor == "next" and page.policy_versions.partner == 3
+    assert [i.ref for i in page.items] == ["r" * 32, "s" * 32, "é" * 3]
+    second = page.items[1].partner
+    assert [(r.population, r.ref, r.fields) for r in second] == [
+        ("customers", "u" * 32, ["name"]),
+        ("events", "v", []),
+    ]
+    assert second[1].sealed is None and "domain" in (second[1].withheld or "")
+    assert len(second[0].sealed or b"") == 30
+
+
+def test_decoder_refuses_every_truncation_and_any_trailing_byte() -> None:
+    body = _sample()
+    for n in range(len(body)):
+        with pytest.raises(binary_pages.BinaryPageError):
+            binary_pages.decode_overlap_page(body[:n])
+    with pytest.raises(binary_pages.BinaryPageError, match="after the last item"):
+        binary_pages.decode_overlap_page(body + b"\x00")
+
+
+@pytest.mark.parametrize(
+    ("mutate", "match"),
+    [
+        (lambda b: b"XXXX" + b[4:], "not a binary overlaps page"),
+        (lambda b: b[:4] + b"\xff\xff\xff\xff" + b[8:], "runs past the end"),
+        (lambda b: b[:8] + b"[" + b[9:], "bad header"),
+    ],
+)
+def test_decoder_names_what_is_wrong(mutate, match) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(binary_pages.BinaryPageError, match=match):
+        binary_pages.decode_overlap_page(mutate(_sample()))
+
+
+def test_decoder_refuses_an_index_outside_the_header() -> None:
+    w = binary_pages.OverlapPageWriter()
+    w.item("r", 5, b"x" * 28, [])  # population 5 of none
+    with pytest.raises(binary_pages.BinaryPageError, match="item 1 at byte"):
+        binary_pages.decode_overlap_page(w.body(uuid.uuid4(), None, {"mine": 1, "partner": 1}))
+    w = binary_pages.OverlapPageWriter()
+    w.item("r", w.population("c"), b"x" * 28, [(3, "t", None)])  # release 3 of none
+    with pytest.raises(binary_pages.BinaryPageError, match="item 1 at byte"):
+        binary_pages.decode_overlap_page(w.body(uuid.uuid4(), None, {"mine": 1, "partner": 1}))
+
+
+# ------------------------------------------------------------------- the SDK's request
+
+
+def _sdk(handler) -> blindmap.Client:  # type: ignore[no-untyped-def]
+    http = httpx.Client(transport=httpx.MockTransport(handler))
+    return blindmap.Client(base_url="http://escrow", api_key="bmk_x", http_client=http)
+
+
+def test_sdk_asks_for_binary_and_reads_it() -> None:
+    body, seen = _sample(), []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers["accept"])
+        return httpx.Response(
+            200, content=body, headers={"content-type": binary_pages.BINARY_OVERLAPS}
+        )
+
+    page = _sdk(handler).report_overlaps_raw(uuid.uuid4())
+    assert binary_pages.BINARY_OVERLAPS in seen[0] and len(page.items) == 3
+
+
+def test_sdk_reads_a_json_answer_and_refuses_a_malformed_binary_one() -> None:
+    pid = uuid.uuid4()
+    json_page = {
+        "partnership_id": str(pid),
+        "items": [
+            {
+                "ref": "r",
+                "population": "customers",
+                "self_sealed": "AAEC",
+                "partner": [
+                    {"population": "c", "ref": "t", "sealed": None, "fields": [], "withheld": None}
+                ],
+            }
+        ],
+        "next_cursor": None,
+        "policy_versions": {"mine": 1, "partner": 1},
+    }
+    page = _sdk(lambda r: httpx.Response(200, json=json_page)).report_overlaps_raw(pid)
+    assert page.items[0].self_sealed == b"\x00\x01\x02"
+    assert binary_pages.as_json_items(page) == json_page["items"]
+
+    def broken(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            200, content=_sample()[:-3], headers={"content-type": binary_pages.BINARY_OVERLAPS}
+        )
+
+    with pytest.raises(APIError, match="malformed binary overlaps page"):
+        _sdk(broken).report_overlaps_raw(pid)
