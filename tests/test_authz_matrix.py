@@ -82,6 +82,8 @@ MATRIX: dict[tuple[str, str], dict[str, int]] = {
                                                   row(401, 401, 200, 200, 200, 200, 200, 200, 404),
     ("GET", "/v1/partnerships/{partnership_id}/reports/overlaps"):
                                                   row(401, 401, 200, 200, 200, 200, 200, 200, 404),
+    ("GET", "/v1/partnerships/{partnership_id}/reports/overlaps/cursors"):
+                                                  row(401, 401, 200, 200, 200, 200, 200, 200, 404),
     ("GET", "/v1/partnerships/{partnership_id}/reports/white-space"):
                                                   row(401, 401, 200, 200, 200, 200, 200, 200, 404),
     ("POST", "/v1/partnerships/{partnership_id}/lookup"):

@@ -212,3 +212,103 @@ def test_sdk_reads_a_json_answer_and_refuses_a_malformed_binary_one() -> None:
 
     with pytest.raises(APIError, match="malformed binary overlaps page"):
         _sdk(broken).report_overlaps_raw(pid)
+
+
+# ------------------------------------------------------------- page cursors, in flight
+
+
+def test_cursors_are_where_the_walk_turns_pages(client, tenants, app, mapped):  # noqa: F811
+    """`…/reports/overlaps/cursors` gives exactly the cursors a page-by-page walk
+    meets, for page sizes that do and do not divide the report, across lists."""
+    a, b = tenants.a, tenants.b
+    client.post("/v1/populations", json={"slug": "events", "kind": "other"}, headers=b.headers())
+    upload(client, b, mapped, "events", [[i] for i in range(10, 50, 2)])
+    wait_jobs(app)
+    cases = [(a, {}), (b, {}), (a, {"mine": "customers"})]
+    for who, filters in cases:
+        walk_all = _walk(client, who, mapped, binary=True, limit=10_000, **filters)
+        total = sum(len(p[0]) for p in walk_all)
+        assert total > 6
+        for limit in (1, 2, 3, 5, total, total - 1, total + 1):
+            walk = _walk(client, who, mapped, binary=True, limit=limit, **filters)
+            r = client.get(
+                f"/v1/partnerships/{mapped}/reports/overlaps/cursors",
+                params={"limit": limit, **filters},
+                headers=who.headers("reader"),
+            )
+            assert r.status_code == 200, r.text
+            plan = r.json()
+            assert plan["items"] == total and plan["limit"] == limit
+            # the walk's cursors, without the one after a last full page (it starts nothing)
+            starts = [None] + [p[1] for p in walk[:-1]]
+            if not walk[-1][0]:
+                starts.pop()
+            assert plan["cursors"] == starts, (limit, filters)
+            assert plan["policy_versions"] == walk[0][2]
+
+
+def test_cursors_refuse_what_the_pages_refuse(client, tenants, mapped):  # noqa: F811
+    base = f"/v1/partnerships/{mapped}/reports/overlaps/cursors"
+    h = tenants.a.headers()
+    assert client.get(base, params={"limit": 0}, headers=h).status_code == 422
+    assert client.get(base, params={"mine": "nope"}, headers=h).status_code == 404
+    assert client.get(base, params={"theirs": "nope"}, headers=h).status_code == 404
+
+
+class _Escrow:
+    """Serves a report of `n` pages of one item each; page k's cursor is "c{k}"."""
+
+    def __init__(self, n: int, lie_at: int | None = None) -> None:
+        self.n, self.lie_at = n, lie_at
+        self.asked: list[str | None] = []
+        self.pid = uuid.uuid4()
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/cursors"):
+            cursors = [None] + [f"c{k}" for k in range(1, self.n)]
+            return httpx.Response(
+                200,
+                json={
+                    "partnership_id": str(self.pid),
+                    "items": self.n,
+                    "limit": 1,
+                    "cursors": cursors,
+                    "policy_versions": {"mine": 1, "partner": 1},
+                },
+            )
+        cursor = request.url.params.get("cursor")
+        self.asked.append(cursor)
+        k = int(cursor[1:]) if cursor else 0
+        w = binary_pages.OverlapPageWriter()
+        w.item(f"r{k}", w.population("customers"), b"x" * 28, [])
+        nxt = f"c{k + 1}" if k + 1 < self.n else None
+        if k == self.lie_at:
+            nxt = "elsewhere"
+        body = w.body(self.pid, nxt, {"mine": 1, "partner": 1})
+        return httpx.Response(
+            200, content=body, headers={"content-type": binary_pages.BINARY_OVERLAPS}
+        )
+
+
+def test_pages_in_flight_come_in_order() -> None:
+    escrow = _Escrow(9)
+    pages = list(_sdk(escrow).iter_raw_overlap_pages(escrow.pid, in_flight=3))
+    assert [p.items[0].ref for p in pages] == [f"r{k}" for k in range(9)]
+    assert sorted(escrow.asked, key=str) == sorted([None] + [f"c{k}" for k in range(1, 9)], key=str)
+
+
+def test_pages_in_flight_notice_a_report_that_changed() -> None:
+    escrow = _Escrow(5, lie_at=2)
+    got = []
+    with pytest.raises(blindmap.BlindmapError, match="changed while it was fetched"):
+        for page in _sdk(escrow).iter_raw_overlap_pages(escrow.pid, in_flight=2):
+            got.append(page.items[0].ref)
+    assert got == ["r0", "r1"]
+
+
+def test_pages_in_flight_stop_early() -> None:
+    escrow = _Escrow(50)
+    it = _sdk(escrow).iter_raw_overlap_pages(escrow.pid, in_flight=2)
+    assert next(it).items[0].ref == "r0"
+    it.close()  # type: ignore[attr-defined]
+    assert len(escrow.asked) <= 3  # the page handed out and at most two in flight

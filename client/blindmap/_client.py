@@ -447,6 +447,27 @@ class Client:
                 ) from None
         return binary_pages.from_json_page(protocol.OverlapPage.model_validate_json(resp.content))
 
+    def report_overlap_cursors(
+        self,
+        partnership_id: str | uuid.UUID,
+        *,
+        mine: str | None = None,
+        theirs: str | None = None,
+        limit: int = protocol.MAX_REPORT_PAGE,
+    ) -> protocol.OverlapCursors:
+        """Where each page of the overlaps report starts at `limit` records per page."""
+        params: dict[str, Any] = {"limit": limit}
+        for k, v in (("mine", mine), ("theirs", theirs)):
+            if v:
+                params[k] = v
+        return protocol.OverlapCursors.model_validate(
+            self.request(
+                "GET",
+                f"/v1/partnerships/{partnership_id}/reports/overlaps/cursors",
+                params=params,
+            ).json()
+        )
+
     def iter_raw_overlap_pages(
         self,
         partnership_id: str | uuid.UUID,
@@ -455,14 +476,24 @@ class Client:
         theirs: str | None = None,
         limit: int = protocol.MAX_REPORT_PAGE,
         read_ahead: bool = False,
+        in_flight: int = 1,
     ) -> Iterator[binary_pages.RawOverlapPage]:
-        """`iter_overlap_pages` with binary pages (`report_overlaps_raw`)."""
-        return _pages(
-            lambda cursor: self.report_overlaps_raw(
+        """`iter_overlap_pages` with binary pages (`report_overlaps_raw`). With
+        `in_flight` > 1 the cursor of every page is asked for first
+        (`report_overlap_cursors`) and that many pages are requested at once, while the
+        caller handles the page before them: the escrow builds them side by side. Pages
+        still come in order; a report that changed meanwhile (a list re-synced) raises
+        :class:`BlindmapError`."""
+
+        def fetch(cursor: str | None) -> binary_pages.RawOverlapPage:
+            return self.report_overlaps_raw(
                 partnership_id, mine=mine, theirs=theirs, cursor=cursor, limit=limit
-            ),
-            read_ahead=read_ahead,
-        )
+            )
+
+        if in_flight <= 1:
+            return _pages(fetch, read_ahead=read_ahead)
+        plan = self.report_overlap_cursors(partnership_id, mine=mine, theirs=theirs, limit=limit)
+        return _pages_at(fetch, plan.cursors, in_flight)
 
     def iter_overlap_pages(
         self,
@@ -563,6 +594,45 @@ class Client:
 
 
 _Page = TypeVar("_Page", protocol.OverlapPage, protocol.WhiteSpacePage, binary_pages.RawOverlapPage)
+
+
+def _pages_at(
+    fetch: Callable[[str | None], binary_pages.RawOverlapPage],
+    cursors: list[str | None],
+    in_flight: int,
+) -> Iterator[binary_pages.RawOverlapPage]:
+    """The pages that start at `cursors`, in order, `in_flight` requested at once; each
+    page must end where the next one starts."""
+    from collections import deque
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    with ThreadPoolExecutor(in_flight, thread_name_prefix="blindmap-page") as pool:
+        pending: deque[Future[binary_pages.RawOverlapPage]] = deque()
+        todo = iter(cursors)
+        try:
+            for cursor in todo:
+                pending.append(pool.submit(fetch, cursor))
+                if len(pending) >= in_flight:
+                    break
+            k = 0
+            while pending:
+                page = pending.popleft().result()
+                nxt = next(todo, _DONE)
+                if nxt is not _DONE:
+                    pending.append(pool.submit(fetch, nxt))  # type: ignore[arg-type]
+                if k + 1 < len(cursors) and page.next_cursor != cursors[k + 1]:
+                    raise BlindmapError(
+                        "the overlaps report changed while it was fetched (a list was "
+                        "re-synced or replaced): run it again"
+                    )
+                yield page
+                k += 1
+        finally:
+            for f in pending:
+                f.cancel()  # the caller stopped early: drop pages not yet asked for
+
+
+_DONE = object()
 
 
 def _pages(fetch: Callable[[str | None], _Page], *, read_ahead: bool = False) -> Iterator[_Page]:

@@ -416,6 +416,17 @@ class OverlapPage(_Response):
     policy_versions: PolicyVersions
 
 
+class OverlapCursors(_Response):
+    """Where each page of an overlaps report starts, at `limit` records per page: the
+    cursor of page k (the first is null), to fetch pages side by side."""
+
+    partnership_id: uuid.UUID
+    items: int = Field(description="Records of mine in the report")
+    limit: int
+    cursors: list[str | None]
+    policy_versions: PolicyVersions
+
+
 class WhiteSpacePage(_Response):
     partnership_id: uuid.UUID
     items: list[PartnerRecord]

@@ -486,10 +486,11 @@ def overlap_rows(
     """The whole overlaps report, decrypted (rows, the policy versions, notes).
 
     What `fetch_overlaps` + `decrypt_overlaps` give, faster for large reports: the pages
-    come in binary (docs/protocol.md §9.1: no base64 or JSON per record on either side)
-    and each is decrypted while the next one is requested."""
+    come in binary (docs/protocol.md §9.1: no base64 or JSON per record on either side),
+    two are requested at once (the escrow builds them side by side) and each is
+    decrypted while the next ones are fetched."""
     pages = client.iter_raw_overlap_pages(
-        partnership_id, mine=mine, theirs=theirs, limit=limit, read_ahead=True
+        partnership_id, mine=mine, theirs=theirs, limit=limit, in_flight=2
     )
     return _collect(pages, "overlaps", on_progress, lambda items: decrypt_overlaps(keys, items))
 

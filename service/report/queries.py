@@ -199,6 +199,51 @@ def overlap_page(
     return out
 
 
+def _page_ends_sql(mine: str, theirs: str) -> Any:
+    return text(
+        f"""
+        SELECT seq, n, total FROM (
+            SELECT seq, row_number() OVER (ORDER BY seq) AS n, count(*) OVER () AS total
+            FROM (
+                SELECT DISTINCT {mine}_seq AS seq FROM matches
+                WHERE {mine}_upload = :my_upload AND {theirs}_upload IN :their_uploads
+            ) AS d
+        ) AS x
+        WHERE (n + :carry) % :limit = 0 OR n = total
+        ORDER BY seq
+        """  # noqa: S608 (the two names are the literals "a" and "b")
+    ).bindparams(bindparam("their_uploads", expanding=True))
+
+
+_PAGE_ENDS = {True: _page_ends_sql("a", "b"), False: _page_ends_sql("b", "a")}
+
+
+def page_ends(
+    session: Session,
+    sides: Sides,
+    my_upload: int,
+    their_uploads: Sequence[int],
+    carry: int,
+    limit: int,
+) -> tuple[list[int], int]:
+    """Where pages of `limit` end in my records of `my_upload` that match any of
+    `their_uploads` (ascending), when `carry` records of the page were filled before this
+    list: the seqs of the page-ending records, and how many records match."""
+    if not their_uploads:
+        return [], 0
+    rows = session.execute(
+        _PAGE_ENDS[sides.mine_is_a],
+        {
+            "my_upload": my_upload,
+            "their_uploads": list(their_uploads),
+            "carry": carry,
+            "limit": limit,
+        },
+    ).all()
+    ends = [int(seq) for seq, n, _ in rows if (int(n) + carry) % limit == 0]
+    return ends, int(rows[-1][2]) if rows else 0
+
+
 # base64url without padding, as service.report.service._b64 (encode() wraps at 76 chars);
 # four replace() calls cost less than one translate() here (1.5 vs 2.3 µs per value)
 _B64URL = (

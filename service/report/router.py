@@ -103,6 +103,30 @@ async def overlaps_report(
     return Response(orjson.dumps(page), media_type="application/json", headers=headers)
 
 
+@router.get("/reports/overlaps/cursors", response_model=protocol.OverlapCursors)
+async def overlap_cursors(
+    partnership_id: uuid.UUID,
+    request: Request,
+    session: SessionDep,
+    caller: ReaderKey,
+    mine: str | None = None,
+    theirs: str | None = None,
+    limit: Limit = MAX_REPORT_PAGE,
+) -> dict[str, Any]:
+    """Where each page of the overlaps report starts (`limit` records per page): the
+    cursors to fetch several pages at once (the SDK's bulk export fetches two)."""
+    return await run_in_threadpool(
+        _in_one_trip,
+        service.overlap_cursors,
+        session,
+        caller,
+        partnership_id,
+        mine=mine,
+        theirs=theirs,
+        limit=limit,
+    )
+
+
 @router.get("/reports/white-space", response_model=protocol.WhiteSpacePage)
 async def white_space_report(
     partnership_id: uuid.UUID,

@@ -397,6 +397,61 @@ def _next_cursor(upload_num: int, seq: int) -> str:
     return base64.urlsafe_b64encode(json.dumps([upload_num, seq]).encode()).rstrip(b"=").decode()
 
 
+def _overlap_filters_or_404(ctx: Context, mine: str | None, theirs: str | None) -> None:
+    _population_or_404(mine, ctx.mine, "your")
+    if theirs is not None and (
+        theirs not in ctx.theirs or ctx.eff(theirs, mine).level < Share.count
+    ):
+        raise errors.NotFound(f"No population '{theirs}' of your partner is visible to you.")
+
+
+def _overlap_lists(
+    ctx: Context, mine: str | None, theirs: str | None
+) -> list[tuple[str, Listed, dict[str, Effective]]]:
+    """The lists of mine an overlaps report walks, in its order (upload number), each
+    with the partner populations it may see there and what their policy releases."""
+    out = []
+    for y in sorted(ctx.mine, key=lambda s: ctx.mine[s].num):
+        if mine and y != mine:
+            continue
+        allowed = {x: ctx.eff(x, y) for x in ctx.theirs if (not theirs or x == theirs)}
+        out.append((y, ctx.mine[y], {x: e for x, e in allowed.items() if e.level >= Share.overlap}))
+    return out
+
+
+def overlap_cursors(
+    session: Session,
+    caller: Principal,
+    pid: uuid.UUID,
+    *,
+    mine: str | None,
+    theirs: str | None,
+    limit: int,
+) -> dict[str, Any]:
+    """The cursor of every page of the overlaps report at `limit` records per page (the
+    first is null): a bulk export can then ask for several pages at once. It says how
+    many records the report holds and where its pages start, which paging through it
+    says too; it releases no record (the pages do, each when it is fetched)."""
+    ctx = context(session, caller, pid)
+    _overlap_filters_or_404(ctx, mine, theirs)
+    cursors: list[str | None] = [None]
+    total = 0
+    for _y, my_up, allowed in _overlap_lists(ctx, mine, theirs):
+        nums = [ctx.theirs[x].num for x in allowed]
+        ends, count = queries.page_ends(session, ctx.sides, my_up.num, nums, total % limit, limit)
+        cursors.extend(_next_cursor(my_up.num, seq) for seq in ends)
+        total += count
+    if total and total % limit == 0:
+        cursors.pop()  # the end of the last page starts nothing
+    return {
+        "partnership_id": ctx.pid,
+        "items": total,
+        "limit": limit,
+        "cursors": cursors,
+        "policy_versions": {"mine": ctx.pair.my_version, "partner": ctx.pair.their_version},
+    }
+
+
 def overlaps(
     session: Session,
     settings: Settings,
@@ -416,11 +471,7 @@ def overlaps(
     raw payloads, no base64 or JSON per record), built from the same rows as the Python
     JSON path on both databases."""
     ctx = context(session, caller, pid)
-    _population_or_404(mine, ctx.mine, "your")
-    if theirs is not None and (
-        theirs not in ctx.theirs or ctx.eff(theirs, mine).level < Share.count
-    ):
-        raise errors.NotFound(f"No population '{theirs}' of your partner is visible to you.")
+    _overlap_filters_or_404(ctx, mine, theirs)
     after_up, after_seq = _cursor(cursor, {u.num for y, u in ctx.mine.items() if mine in (None, y)})
     items: list[dict[str, Any] | orjson.Fragment] = []
     writer = binary_pages.OverlapPageWriter() if binary else None
@@ -428,12 +479,9 @@ def overlaps(
     next_cursor = None
     on_pg = session.get_bind().dialect.name == "postgresql" if sql_items is None else sql_items
     on_pg = on_pg and writer is None  # a binary page is built here from the raw rows
-    for y in sorted(ctx.mine, key=lambda s: ctx.mine[s].num):
-        my_up = ctx.mine[y]
-        if (mine and y != mine) or my_up.num < after_up:
+    for y, my_up, allowed in _overlap_lists(ctx, mine, theirs):
+        if my_up.num < after_up:
             continue
-        allowed = {x: ctx.eff(x, y) for x in ctx.theirs if (not theirs or x == theirs)}
-        allowed = {x: e for x, e in allowed.items() if e.level >= Share.overlap}
         by_num = {ctx.theirs[x].num: x for x in allowed}
         start = after_seq if my_up.num == after_up else -1
         need = limit - (len(items) if writer is None else len(writer))
