@@ -312,3 +312,30 @@ def test_pages_in_flight_stop_early() -> None:
     assert next(it).items[0].ref == "r0"
     it.close()  # type: ignore[attr-defined]
     assert len(escrow.asked) <= 3  # the page handed out and at most two in flight
+
+
+def test_an_empty_report_has_one_empty_page(client, tenants):  # type: ignore[no-untyped-def]
+    from tests.conftest import partner_up
+
+    pid = partner_up(client, tenants.a, tenants.b)  # no lists yet
+    r = client.get(f"/v1/partnerships/{pid}/reports/overlaps/cursors", headers=tenants.a.headers())
+    assert r.status_code == 200 and r.json()["cursors"] == [None] and r.json()["items"] == 0
+    assert _walk(client, tenants.a, pid, binary=True, limit=10) == [
+        ([], None, r.json()["policy_versions"])
+    ]
+
+
+def test_pages_in_flight_fall_back_to_one_at_a_time_without_the_cursors_route() -> None:
+    escrow = _Escrow(4)
+
+    def old_escrow(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/cursors"):
+            return httpx.Response(
+                404,
+                json={"type": "about:blank", "title": "Not Found", "status": 404},
+                headers={"content-type": "application/problem+json"},
+            )
+        return escrow(request)
+
+    pages = list(_sdk(old_escrow).iter_raw_overlap_pages(escrow.pid, in_flight=2))
+    assert [p.items[0].ref for p in pages] == ["r0", "r1", "r2", "r3"]

@@ -19,6 +19,7 @@ from blindmap._errors import (
     APIError,
     APITimeoutError,
     BlindmapError,
+    NotFoundError,
     from_response,
 )
 
@@ -492,7 +493,14 @@ class Client:
 
         if in_flight <= 1:
             return _pages(fetch, read_ahead=read_ahead)
-        plan = self.report_overlap_cursors(partnership_id, mine=mine, theirs=theirs, limit=limit)
+        try:
+            plan = self.report_overlap_cursors(
+                partnership_id, mine=mine, theirs=theirs, limit=limit
+            )
+        except NotFoundError:
+            # an escrow without the cursors route (or a 404 the first page repeats with
+            # its own message): page by page instead
+            return _pages(fetch, read_ahead=True)
         return _pages_at(fetch, plan.cursors, in_flight)
 
     def iter_overlap_pages(
