@@ -402,10 +402,7 @@ class Client:
         limit: int = 100,
     ) -> protocol.OverlapPage:
         """One page of my matched records with what the partner's policy releases."""
-        params: dict[str, Any] = {"limit": limit}
-        for k, v in (("mine", mine), ("theirs", theirs), ("cursor", cursor)):
-            if v:
-                params[k] = v
+        params = _report_params(limit, mine=mine, theirs=theirs, cursor=cursor)
         # straight from the bytes: pydantic's own JSON parser, no intermediate dicts (a
         # bulk page holds thousands of items; docs/reliability.md, Load)
         return protocol.OverlapPage.model_validate_json(
@@ -426,10 +423,7 @@ class Client:
         """`report_overlaps` as a binary page (docs/protocol.md §9.1): the payloads as
         bytes, no base64 or JSON per record. For bulk exports (`reports.overlap_rows`).
         An escrow that answers JSON instead is read as JSON."""
-        params: dict[str, Any] = {"limit": limit}
-        for k, v in (("mine", mine), ("theirs", theirs), ("cursor", cursor)):
-            if v:
-                params[k] = v
+        params = _report_params(limit, mine=mine, theirs=theirs, cursor=cursor)
         accept = f"{binary_pages.BINARY_OVERLAPS}, application/json;q=0.5"
         resp = self.request(
             "GET",
@@ -457,10 +451,7 @@ class Client:
         limit: int = protocol.MAX_REPORT_PAGE,
     ) -> protocol.OverlapCursors:
         """Where each page of the overlaps report starts at `limit` records per page."""
-        params: dict[str, Any] = {"limit": limit}
-        for k, v in (("mine", mine), ("theirs", theirs)):
-            if v:
-                params[k] = v
+        params = _report_params(limit, mine=mine, theirs=theirs)
         return protocol.OverlapCursors.model_validate(
             self.request(
                 "GET",
@@ -602,6 +593,11 @@ class Client:
 
 
 _Page = TypeVar("_Page", protocol.OverlapPage, protocol.WhiteSpacePage, binary_pages.RawOverlapPage)
+
+
+def _report_params(limit: int, **filters: str | None) -> dict[str, Any]:
+    """Query parameters of a report page: the limit and the filters that are set."""
+    return {"limit": limit, **{k: v for k, v in filters.items() if v}}
 
 
 def _pages_at(
