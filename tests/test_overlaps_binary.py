@@ -339,3 +339,20 @@ def test_pages_in_flight_fall_back_to_one_at_a_time_without_the_cursors_route() 
 
     pages = list(_sdk(old_escrow).iter_raw_overlap_pages(escrow.pid, in_flight=2))
     assert [p.items[0].ref for p in pages] == ["r0", "r1", "r2", "r3"]
+
+
+def test_cursors_are_in_the_disclosure_log(client, tenants, mapped):  # noqa: F811
+    """Like the summary, a look at the report's shape is logged (0 records released)."""
+    a = tenants.a
+    before = client.get(f"/v1/partnerships/{mapped}/disclosures", headers=a.headers()).json()
+    r = client.get(
+        f"/v1/partnerships/{mapped}/reports/overlaps/cursors",
+        params={"mine": "customers"},
+        headers=a.headers(),
+    )
+    assert r.status_code == 200
+    after = client.get(f"/v1/partnerships/{mapped}/disclosures", headers=a.headers()).json()
+    new = [e for e in after["items"] if e not in before["items"]]
+    assert [(e["report"], e["records"], e["viewer_population"]) for e in new] == [
+        ("overlaps", 0, "customers")
+    ]

@@ -119,6 +119,7 @@ async def overlap_cursors(
         _in_one_trip,
         service.overlap_cursors,
         session,
+        request.app.state.settings,
         caller,
         partnership_id,
         mine=mine,

@@ -421,6 +421,7 @@ def _overlap_lists(
 
 def overlap_cursors(
     session: Session,
+    settings: Settings,
     caller: Principal,
     pid: uuid.UUID,
     *,
@@ -431,7 +432,9 @@ def overlap_cursors(
     """The cursor of every page of the overlaps report at `limit` records per page (the
     first is null): a bulk export can then ask for several pages at once. It says how
     many records the report holds and where its pages start, which paging through it
-    says too; it releases no record (the pages do, each when it is fetched)."""
+    says too; it releases no record (the pages do, each when it is fetched), and is
+    logged like the summary: a disclosure entry of the overlaps report with 0 records,
+    so the partner sees every look at the report's shape."""
     ctx = context(session, caller, pid)
     _overlap_filters_or_404(ctx, mine, theirs)
     cursors: list[str | None] = [None]
@@ -443,6 +446,7 @@ def overlap_cursors(
         total += count
     if total and total % limit == 0:
         cursors.pop()  # the end of the last page starts nothing
+    _release(session, settings, ctx, ReportKind.overlaps, 0, mine, theirs)
     return {
         "partnership_id": ctx.pid,
         "items": total,
