@@ -12,11 +12,13 @@ over HTTP with keep-alive, one request at a time:
   each, `--requests // 4` times each;
 - white space and lookup are not in the acceptance; one overlaps page stands for them;
 - bulk export (issue 7: the end-to-end benchmark's reports stage fetches every overlap
-  page): the whole overlaps report fetched through the SDK as that benchmark does
-  (`blindmap.reports.fetch_overlaps`, page by page, without decrypting), once per
-  `--export-limits` page size, with the wall time and the CPU time per row of the server
-  process, of the PostgreSQL backends serving it and of this (client) process. CPU time
-  is the figure to compare on a shared machine.
+  page): the whole overlaps report fetched through the SDK without decrypting, once per
+  `--export-limits` page size and `--export-modes` mode (`json`: JSON pages one after
+  the other, `reports.fetch_overlaps`; `binary`: binary pages one after the other;
+  `binary-2`: binary pages two in flight from their cursors, as `reports.overlap_rows`
+  and the end-to-end benchmark fetch them), with the wall time and the CPU time per row
+  of the server process, of the PostgreSQL backends serving it and of this (client)
+  process. CPU time is the figure to compare on a shared machine.
 """
 
 from __future__ import annotations
@@ -108,8 +110,17 @@ def _timed(
     return ms, r.json()
 
 
-def export(base: str, key: str, pid: str, server_pid: int, url: str, limit: int) -> dict[str, Any]:
-    """Every overlap page through the SDK; wall time and CPU per row on each side."""
+EXPORT_MODES = ("json", "binary", "binary-2")
+
+
+def export(
+    base: str, key: str, pid: str, server_pid: int, url: str, limit: int, mode: str = "json"
+) -> dict[str, Any]:
+    """Every overlap page through the SDK; wall time and CPU per row on each side. Modes:
+    `json` the JSON pages one after the other (`reports.fetch_overlaps`), `binary` binary
+    pages (docs/protocol.md §9.1) one after the other, `binary-2` binary pages two in
+    flight from their cursors (what `reports.overlap_rows` does, without decrypting:
+    these payloads are random bytes)."""
     import blindmap
     from bench.load import _backend_pids, _cpu_seconds
     from blindmap import reports
@@ -125,15 +136,24 @@ def export(base: str, key: str, pid: str, server_pid: int, url: str, limit: int)
             nonlocal pages
             pages += 1
 
-        items, _, _ = reports.fetch_overlaps(
-            client, uuid.UUID(pid), limit=limit, on_progress=progress
-        )
-        rows = len(items)
-        del items
+        if mode == "json":
+            items, _, _ = reports.fetch_overlaps(
+                client, uuid.UUID(pid), limit=limit, on_progress=progress
+            )
+            rows = len(items)
+            del items
+        else:
+            rows = 0
+            for page in client.iter_raw_overlap_pages(
+                uuid.UUID(pid), limit=limit, in_flight=2 if mode == "binary-2" else 1
+            ):
+                rows += len(page.items)
+                progress(rows)
         wall = time.perf_counter() - t0
         c1, s1, p1 = time.process_time(), _cpu_seconds([server_pid]), _cpu_seconds(backends)
     us = 1e6 / max(1, rows)
     return {
+        "mode": mode,
         "limit": limit,
         "pages": pages,
         "rows": rows,
@@ -145,7 +165,11 @@ def export(base: str, key: str, pid: str, server_pid: int, url: str, limit: int)
 
 
 def run(
-    rows: int, overlap: float, requests: int, export_limits: tuple[int, ...] = ()
+    rows: int,
+    overlap: float,
+    requests: int,
+    export_limits: tuple[int, ...] = (),
+    export_modes: tuple[str, ...] = ("json",),
 ) -> dict[str, Any]:
     with bi.scratch_database("postgresql") as url:
         keys = bi.make_companies(url)
@@ -177,8 +201,9 @@ def run(
                     for _ in range(max(5, requests // 4))
                 ]
             exports = [
-                export(server.base, keys["acme"], pid, server.proc.pid, url, limit)
+                export(server.base, keys["acme"], pid, server.proc.pid, url, limit, mode)
                 for limit in export_limits
+                for mode in export_modes
             ]
         finally:
             server.stop()
@@ -213,7 +238,15 @@ def main(argv: list[str]) -> None:
         default="1000",
         help="page sizes of the full overlaps walks (comma-separated; empty: none)",
     )
+    ap.add_argument(
+        "--export-modes",
+        default="json",
+        help=f"how the walks fetch (comma-separated, of {', '.join(EXPORT_MODES)})",
+    )
     args = ap.parse_args(argv)
+    modes = tuple(m.strip() for m in args.export_modes.split(",") if m.strip())
+    if not set(modes) <= set(EXPORT_MODES):
+        ap.error(f"--export-modes: choose among {', '.join(EXPORT_MODES)}")
     if args.quick:
         args.rows, args.requests = 100_000, 50
     reason = bi.pg_unavailable()
@@ -221,7 +254,7 @@ def main(argv: list[str]) -> None:
         print(f"reports: skipped, PostgreSQL unavailable ({reason})")
         return
     limits = tuple(int(x) for x in args.export_limits.split(",") if x.strip())
-    res = run(args.rows, args.overlap, args.requests, limits)
+    res = run(args.rows, args.overlap, args.requests, limits, modes)
     print("| rows per side | summary p50 / p99 | overlaps page 1 p50 / p99 | deep page p50 / p99 |")
     print("|---|---|---|---|")
     s, f, d = res["summary"], res["overlaps_first_page"], res["overlaps_deep_page"]
@@ -232,13 +265,13 @@ def main(argv: list[str]) -> None:
     if res["export"]:
         print()
         print(
-            "| page size | pages | rows | wall | server CPU / row | PostgreSQL CPU / row "
-            "| client CPU / row |"
+            "| fetched as | page size | pages | rows | wall | server CPU / row "
+            "| PostgreSQL CPU / row | client CPU / row |"
         )
-        print("|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|")
         for e in res["export"]:
             print(
-                f"| {e['limit']} | {e['pages']} | {e['rows']:,} | {e['wall_s']} s "
+                f"| {e['mode']} | {e['limit']} | {e['pages']} | {e['rows']:,} | {e['wall_s']} s "
                 f"| {e['server_cpu_us_per_row']} µs | {e['postgresql_cpu_us_per_row']} µs "
                 f"| {e['client_cpu_us_per_row']} µs |"
             )
