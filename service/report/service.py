@@ -326,11 +326,12 @@ class _Releaser:
     list, so it is taken once. Records are plain dicts shaped like
     `protocol.PartnerRecord` (an overlaps page holds hundreds of them; see `overlaps`)."""
 
-    __slots__ = ("fields", "pop", "withheld")
+    __slots__ = ("fields", "pop", "sealed_fields", "withheld")
 
     def __init__(self, up: Listed, pop: str, eff: Effective) -> None:
         self.pop = pop
         self.fields = list(up.sealed_fields)
+        self.sealed_fields = up.sealed_fields  # the tuple a binary page's release keys on
         dropped = [f for f in up.sealed_fields if f not in eff.fields]
         self.withheld = (
             f"the partner's policy no longer releases {dropped}; withheld until it re-syncs"
@@ -353,7 +354,7 @@ class _Releaser:
             return page.release(self.pop, (), None), ref, None
         if self.withheld is not None:
             return page.release(self.pop, (), self.withheld), ref, None
-        return page.release(self.pop, tuple(self.fields), None), ref, sealed
+        return page.release(self.pop, self.sealed_fields, None), ref, sealed
 
 
 def _record(
@@ -395,6 +396,11 @@ def _cursor(cursor: str | None, lists: set[int]) -> tuple[int, int]:
 
 def _next_cursor(upload_num: int, seq: int) -> str:
     return base64.urlsafe_b64encode(json.dumps([upload_num, seq]).encode()).rstrip(b"=").decode()
+
+
+def _versions(ctx: Context) -> dict[str, int]:
+    """`protocol.PolicyVersions` as the JSON of a page built by hand."""
+    return {"mine": ctx.pair.my_version, "partner": ctx.pair.their_version}
 
 
 def _overlap_filters_or_404(ctx: Context, mine: str | None, theirs: str | None) -> None:
@@ -452,7 +458,7 @@ def overlap_cursors(
         "items": total,
         "limit": limit,
         "cursors": cursors,
-        "policy_versions": {"mine": ctx.pair.my_version, "partner": ctx.pair.their_version},
+        "policy_versions": _versions(ctx),
     }
 
 
@@ -542,7 +548,7 @@ def overlaps(
             break
     if released:
         _release(session, settings, ctx, ReportKind.overlaps, released, mine, theirs)
-    versions = {"mine": ctx.pair.my_version, "partner": ctx.pair.their_version}
+    versions = _versions(ctx)
     if writer is not None:
         return writer.body(ctx.pid, next_cursor, versions)
     # protocol.OverlapPage, field for field, serialised by the router with orjson: building
