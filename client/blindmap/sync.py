@@ -789,6 +789,18 @@ def build_upload(
     s_prefix, p_prefix = crypto.self_aad(pid, ""), crypto.partner_aad(pid, "")
     add = operator.add
     all_names = read.name_keys(population) if name_tok is not None else []
+    # Records go out in the order of their domain tokens (docs/protocol.md §8.1): the
+    # escrow's token index then takes each chunk's inserts in one narrow key range instead
+    # of all over the upload's part of it (PostgreSQL: 1M tokens COPYed in 1.8 s instead
+    # of 4.0 s). The order is a function of the token set the escrow holds anyway, and it
+    # no longer shows the order of the CRM export.
+    all_dtoks = dom_tok.tokens([a.domain for a in accounts])
+    if len(accounts) > 1:
+        order = sorted(range(len(accounts)), key=all_dtoks.__getitem__)
+        accounts = [accounts[i] for i in order]
+        all_dtoks = [all_dtoks[i] for i in order]
+        if all_names:
+            all_names = [all_names[i] for i in order]
 
     def lines(batch: Sequence[Account], start: int) -> list[bytes]:
         # Column by column, so that the per-record steps are C-level `map`s: a record
@@ -801,7 +813,7 @@ def build_upload(
         if read.field_names:
             columns.update(zip(read.field_names, zip(*vals, strict=True), strict=True))
         rbs = refs.refs_ascii(ids)  # ASCII hex refs, as bytes
-        dtoks = dom_tok.tokens(doms)
+        dtoks = all_dtoks[start : start + n]
         ntoks: list[bytes | None] = []
         if name_tok is not None:
             nkeys = all_names[start : start + n]
