@@ -29,7 +29,8 @@ outstanding), as the end-to-end benchmark's two companies do; the rate is then 2
 the wall clock from the first PUT to the last commit.
 
 Tokens are synthetic 16-byte values (keyed BLAKE2b of the record number) with exactly
-the intended overlap; refs are 32 random-looking hex characters; the sealed payloads are
+the intended overlap, each side's in sorted order as the SDK sends them (docs/protocol.md
+§8.2); refs are 32 random-looking hex characters; the sealed payloads are
 random bytes of 60-120 bytes each (self and partner), the size of real sealed fields.
 
 Also printed: the 1-minute load average when each run starts (the `built` line) and
@@ -92,16 +93,17 @@ def _token(side_key: bytes, i: int) -> bytes:
 
 
 def side_tokens(side: str, n: int) -> list[bytes]:
-    """A: n distinct tokens. B: its first 20% are A's tokens (every 5th), the rest its own."""
+    """A: n distinct tokens. B: 20% of them are A's tokens (every 5th), the rest its own.
+
+    Sorted, as the SDK sends an upload's records (docs/protocol.md §8.2)."""
     a_key, b_key = b"bench-side-a", b"bench-side-b"
     if side == "a":
-        return [_token(a_key, i) for i in range(n)]
+        return sorted(_token(a_key, i) for i in range(n))
     shared = round(n * OVERLAP)
     step = max(1, n // shared) if shared else 1
     toks = [_token(a_key, i * step) for i in range(shared)]
     toks += [_token(b_key, i) for i in range(shared, n)]
-    random.Random(7).shuffle(toks)  # the shared accounts are spread over B's list
-    return toks
+    return sorted(toks)
 
 
 def build_chunks(side: str, n: int, chunk: int, fmt: str = "ndjson") -> list[bytes]:

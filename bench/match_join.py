@@ -34,10 +34,13 @@ from service.overlap.service import _JOIN
 
 ADMIN = os.environ.get("BLINDMAP_LOAD_PG", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
 PID = uuid.UUID(int=1)
-_SETUP = ("SET LOCAL enable_nestloop = off", "SET LOCAL work_mem = '64MB'")
+# as the job runs (and JIT off, as on the service's connections: service/db.py)
+_SETUP = ("SET LOCAL enable_nestloop = off", "SET LOCAL work_mem = '64MB'", "SET LOCAL jit = off")
+_MERGE = (*_SETUP, "SET LOCAL enable_hashjoin = off")
+_MERGE_NOSORT = (*_MERGE, "SET LOCAL enable_sort = off")
 
 
-def _tables(c: psycopg.Connection, value_type: str) -> None:
+def _tables(c: psycopg.Connection, value_type: str, sdk_order: bool = True) -> None:
     c.execute("DROP TABLE IF EXISTS tokens, matches")
     c.execute(
         f"CREATE TABLE tokens (upload_num int, kind smallint, value {value_type}, seq bigint, "
@@ -50,11 +53,19 @@ def _tables(c: psycopg.Connection, value_type: str) -> None:
     c.execute("CREATE INDEX ON matches (b_upload, b_seq)")
     value = "md5(i::text)::uuid" if value_type == "uuid" else "decode(md5(i::text), 'hex')"
     for num, lo, hi in ((1, 1, N), (2, int(N * 0.8) + 1, int(N * 1.8))):
-        c.execute(
-            f"INSERT INTO tokens SELECT {num}, 0, {value}, i, %s "
-            f"FROM generate_series({lo}, {hi}) i",
-            (PID,),
-        )
+        if sdk_order:
+            # as the SDK uploads: records numbered, and stored, in the order of their tokens
+            c.execute(
+                f"INSERT INTO tokens SELECT {num}, 0, v, row_number() OVER (ORDER BY v), %s "
+                f"FROM (SELECT {value} AS v FROM generate_series({lo}, {hi}) i) s ORDER BY v",
+                (PID,),
+            )
+        else:
+            c.execute(
+                f"INSERT INTO tokens SELECT {num}, 0, {value}, i, %s "
+                f"FROM generate_series({lo}, {hi}) i",
+                (PID,),
+            )
     c.execute("CHECKPOINT")
 
 
@@ -81,7 +92,7 @@ def _medians(c: psycopg.Connection, variants: list[tuple[str, str, tuple[str, ..
             times[label].append(t)
     for label, ts in times.items():
         print(
-            f"  {label:<55} {statistics.median(ts):6.3f} s  (min {min(ts):.3f}, "
+            f"  {label:<58} {statistics.median(ts):6.3f} s  (min {min(ts):.3f}, "
             f"{pairs[label]:,} pairs)",
             flush=True,
         )
@@ -154,9 +165,7 @@ def main() -> None:
         try:
             with psycopg.connect(f"{ADMIN} dbname={db}", autocommit=True) as c:
                 current = (
-                    _JOIN.format(
-                        a_seq="t1.seq", b_seq="t2.seq", distinct="DISTINCT ", on_conflict=""
-                    )
+                    _JOIN.format(a_seq="t1.seq", b_seq="t2.seq", distinct="DISTINCT ", tail="")
                     .replace(":kinds", "(0)")
                     .replace(":a_upload", "%(a_upload)s")
                     .replace(":b_upload", "%(b_upload)s")
@@ -171,19 +180,24 @@ def main() -> None:
                     "AND t2.kind = t1.kind AND t2.value = t1.value "
                     "WHERE t1.upload_num = 1 AND t1.kind IN (0)) AS pairs ORDER BY a_seq, b_seq"
                 )
+                plain = current.replace("DISTINCT ", "")
                 print(f"match join, {N:,} x {N:,} tokens, median of {RUNS}:")
-                _tables(c, "bytea")
-                _medians(
-                    c,
-                    [
-                        ("bytea, the job's statement", current, _SETUP),
-                        ("bytea, pairs inserted in key order (sorted DISTINCT)", ordered, _SETUP),
-                    ],
-                )
+                for sdk_order, what in ((False, "random order"), (True, "SDK order")):
+                    _tables(c, "bytea", sdk_order=sdk_order)
+                    _medians(
+                        c,
+                        [
+                            (f"{what}: DISTINCT, hash join (before session 6)", current, _SETUP),
+                            (f"{what}: DISTINCT, pairs in key order", ordered, _SETUP),
+                            (f"{what}: no DISTINCT, hash join", plain, _SETUP),
+                            (f"{what}: no DISTINCT, merge join", plain, _MERGE),
+                            (f"{what}: no DISTINCT, merge of index scans", plain, _MERGE_NOSORT),
+                        ],
+                    )
                 t = time.perf_counter()
                 c.execute("VACUUM (ANALYZE) tokens")
                 print(f"  {'VACUUM (ANALYZE) tokens':<55} {time.perf_counter() - t:6.3f} s")
-                merge = (*_SETUP, "SET LOCAL enable_hashjoin = off")
+                merge = _MERGE
                 _medians(
                     c,
                     [

@@ -253,6 +253,10 @@ class UploadChunk(Base):
     n: Mapped[int] = mapped_column(Integer, primary_key=True)
     sha256: Mapped[bytes] = mapped_column(LargeBinary(32))
     records: Mapped[int] = mapped_column(Integer)
+    # The chunk's smallest and largest token key (kind byte + value): the match job
+    # merges index scans when an upload's chunks follow one another (migration 0011).
+    token_min: Mapped[bytes | None] = mapped_column(LargeBinary(17))
+    token_max: Mapped[bytes | None] = mapped_column(LargeBinary(17))
 
 
 # Records, tokens and matches are written in bulk (COPY / executemany) through Core.

@@ -20,9 +20,10 @@ import service.overlap.service  # noqa: F401  (registers the match handler)
 from service import jobs
 from service.main import create_app
 from service.models import Upload, match_counts
+from service.overlap.service import _in_token_order
 from service.upload.ingest import KIND_CODES
 from tests.conftest import partner_up
-from tests.uploads import match_pairs, record, upload
+from tests.uploads import match_pairs, record, token, upload
 
 
 @pytest.fixture
@@ -61,21 +62,26 @@ A = [record("a0", ["d0"]), record("a1", ["n1"], kind="name"), record("a2", ["d2"
 B = [record("b0", ["d0"]), record("b1", ["n1"], kind="name"), record("b2", ["x2"])]
 
 
-def _run_jobs(client: TestClient) -> tuple[int, int]:
+def _drain(client: TestClient) -> tuple[int, list[str]]:
     """(jobs run, join statements sent) while the queue drains."""
-    joins = 0
+    sent: list[str] = []
 
-    def count(conn, cursor, statement, *args) -> None:  # type: ignore[no-untyped-def]
-        nonlocal joins
-        joins += statement.startswith("INSERT INTO matches")
+    def seen(conn, cursor, statement, *args) -> None:  # type: ignore[no-untyped-def]
+        if statement.startswith("INSERT INTO matches"):
+            sent.append(statement)
 
     engine = client.app.state.engine  # type: ignore[attr-defined]
-    event.listen(engine, "before_cursor_execute", count)
+    event.listen(engine, "before_cursor_execute", seen)
     try:
         ran = jobs.drain(client.app.state.sessionmaker, client.app.state.settings)  # type: ignore[attr-defined]
     finally:
-        event.remove(engine, "before_cursor_execute", count)
-    return ran, joins
+        event.remove(engine, "before_cursor_execute", seen)
+    return ran, sent
+
+
+def _run_jobs(client: TestClient) -> tuple[int, int]:
+    ran, sent = _drain(client)
+    return ran, len(sent)
 
 
 def _requeue_b(client: TestClient, tenant) -> None:  # type: ignore[no-untyped-def]
@@ -131,3 +137,64 @@ def test_changed_kinds_rematch_the_pair(quiet, tenants):
             )
         ).all()
     assert tuple(row) == (2, 2)
+
+
+def _pair_with_policies(client: TestClient, tenants) -> str:  # type: ignore[no-untyped-def]
+    pid = partner_up(client, tenants.a, tenants.b)
+    for t in (tenants.a, tenants.b):
+        client.post(
+            "/v1/populations", json={"slug": "customers", "kind": "customers"}, headers=t.headers()
+        )
+        _policy(client, t, pid, ["domain"])
+    return pid
+
+
+def _num(client: TestClient, tenant) -> int:  # type: ignore[no-untyped-def]
+    with client.app.state.sessionmaker() as s:  # type: ignore[attr-defined]
+        return s.execute(select(Upload.num).where(Upload.company_id == tenant.id)).scalar_one()
+
+
+SHARED = [f"s{i}" for i in range(12)]
+
+
+@pytest.mark.parametrize("order", ["tokens", "file"])
+def test_lists_in_token_order_are_merged(quiet, tenants, backend, order):
+    """Lists sent in token order, as the SDK sends them, are joined by the merge statement
+    without DISTINCT on PostgreSQL; others by the DISTINCT one. Same pairs either way."""
+    pid = _pair_with_policies(quiet, tenants)
+    a = [f"a{i}" for i in range(20)] + SHARED
+    b = SHARED + [f"b{i}" for i in range(20)]
+    if order == "tokens":
+        a, b = sorted(a, key=token), sorted(b, key=token)
+    for t, values in ((tenants.a, a), (tenants.b, b)):
+        _, r = upload(quiet, t, pid, "customers", [[v] for v in values], chunk_size=4)
+        assert r.status_code == 200, r.text
+    nums = [_num(quiet, t) for t in (tenants.a, tenants.b)]
+    with quiet.app.state.sessionmaker() as s:  # type: ignore[attr-defined]
+        assert [_in_token_order(s, n) for n in nums] == [order == "tokens"] * 2
+    _, sent = _drain(quiet)
+    assert match_pairs(quiet.app, pid) == {(f"r{a.index(v)}", f"r{b.index(v)}") for v in SHARED}
+    if backend == "postgresql":
+        assert ["DISTINCT" in q for q in sent] == [order == "file"]
+    else:
+        assert len(sent) == 1 and "ON CONFLICT DO NOTHING" in sent[0]
+
+
+def test_a_pair_met_on_two_tokens_of_one_kind_is_matched_once(quiet, tenants, backend):
+    """A record may hold several tokens of one kind; two of them meeting the same partner
+    record give the pair twice. The merge statement is refused by the primary key of
+    `matches` and the DISTINCT one stores the pair once, with nothing else lost."""
+    pid = _pair_with_policies(quiet, tenants)
+    for t, recs in (
+        (tenants.a, [record("a0", ["d0", "d1"]), record("a1", ["d2"]), record("a2", ["d3"])]),
+        (tenants.b, [record("b0", ["d1", "d0"]), record("b1", ["d2"]), record("b2", ["x"])]),
+    ):
+        _, r = upload(quiet, t, pid, "customers", [], records=recs)
+        assert r.status_code == 200, r.text
+    _, sent = _drain(quiet)
+    assert match_pairs(quiet.app, pid) == {("a0", "b0"), ("a1", "b1")}
+    if backend == "postgresql":  # one chunk each: in token order, so the merge came first
+        assert ["DISTINCT" in q for q in sent] == [False, True]
+    with quiet.app.state.sessionmaker() as s:  # type: ignore[attr-defined]
+        counts = s.execute(select(match_counts.c.a_records, match_counts.c.b_records)).all()
+    assert [tuple(c) for c in counts] == [(2, 2)]
