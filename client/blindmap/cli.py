@@ -838,6 +838,13 @@ def audit(state: State, limit: int) -> None:
     default=None,
     help="Processes that normalize and seal [default: every CPU for large files, from 4 CPUs].",
 )
+@click.option(
+    "--send-ahead",
+    type=click.IntRange(1, 8),
+    default=2,
+    show_default=True,
+    help="Chunks in flight to the escrow at once (1: one after the other).",
+)
 @click.option("--dry-run", is_flag=True, help="Read, tokenize and seal, but send nothing.")
 @click.option(
     "--skipped-file",
@@ -861,6 +868,7 @@ def sync_command(
     column_map: str | None,
     chunk_size: int,
     jobs: int | None,
+    send_ahead: int,
     dry_run: bool,
     skipped_file: Path | None,
     confirm_shrink: bool,
@@ -923,6 +931,7 @@ def sync_command(
                 read=read,
                 progress=progress,
                 jobs=jobs,
+                send_ahead=send_ahead,
             )
     except bsync.UnknownPartnerError as exc:
         fail(str(exc), EXIT_NOT_FOUND)

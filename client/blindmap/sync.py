@@ -99,9 +99,11 @@ __all__ = [
 
 DEFAULT_CHUNK_SIZE: Final = 10_000
 MAX_CHUNK_BYTES: Final = 4 * 1024 * 1024
-DEFAULT_SEND_AHEAD: Final = 1
-"""Chunks in flight at once. One by default: a second concurrent PUT made a SQLite-backed
-escrow slower, not faster (measured; see BENCHMARKS.md), so it is opt-in per call."""
+DEFAULT_SEND_AHEAD: Final = 2
+"""Chunks in flight at once. Two: while the escrow stores one chunk the next is already on
+its way, which kept PostgreSQL and the escrow's Python busy at once (1M records, both
+companies syncing: send 8.7-10.6 -> 7.9-8.5 s per side); a SQLite-backed escrow, whose
+writes are serial, ran the same with one or two (BENCHMARKS.md, "session 6")."""
 """A chunk closes at this size even below `chunk_size` records (the escrow takes 8 MiB)."""
 ChunkFormat = Literal["ndjson", "binary"]
 DEFAULT_CHUNK_FORMAT: Final[ChunkFormat] = "binary"

@@ -559,24 +559,27 @@ class Resetting:
         self.chunk_puts: list[int] = []
         self.resets = 0
         self.down = False
+        self._tripped = False
+        self._lock = threading.Lock()  # the SDK keeps chunk PUTs in flight on two threads
 
     def heal(self) -> None:
         self.down, self.after = False, 10**9
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         is_chunk = request.method == "PUT" and "/chunks/" in request.url.path
-        if self.down:
-            self.resets += 1
-            raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
-        if is_chunk and len(self.chunk_puts) >= self.after and self.resets == 0:
-            self.chunk_puts.append(int(request.url.path.rsplit("/", 1)[1]))
+        with self._lock:
+            if self.down:
+                self.resets += 1
+                raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
+            reset = is_chunk and len(self.chunk_puts) >= self.after and not self._tripped
+            if is_chunk:
+                self.chunk_puts.append(int(request.url.path.rsplit("/", 1)[1]))
+            if reset:  # one reset; with `persistent` nothing gets through after it
+                self._tripped, self.resets, self.down = True, self.resets + 1, self.persistent
+        if reset:
             request.read()
             self.inner.handle_request(request).close()  # the escrow stores the chunk …
-            self.resets += 1
-            self.down = self.persistent
             raise httpx.ReadError("[Errno 104] Connection reset by peer", request=request)
-        if is_chunk:
-            self.chunk_puts.append(int(request.url.path.rsplit("/", 1)[1]))
         return self.inner.handle_request(request)
 
 
@@ -619,14 +622,15 @@ def _resetting_client(client: TestClient, after: int, *, persistent: bool) -> tu
     return fault, httpx.Client(base_url="http://testserver", transport=httpx.MockTransport(fault))
 
 
+@pytest.mark.parametrize("send_ahead", [1, 2], ids=["one-at-a-time", "two-in-flight"])
 @pytest.mark.parametrize("persistent", [False, True], ids=["transient-reset", "network-down"])
 def test_connection_reset_mid_upload_sync_resumes(
-    synced_companies, client, tenants, tmp_path, app, persistent
+    synced_companies, client, tenants, tmp_path, app, persistent, send_ahead
 ):
     invoke, transport, pid = synced_companies
     a = tenants.a
     expected = len(bsync.read_accounts(ACME, population="customers").accounts["customers"])
-    args = (*SYNC_ARGS, "--chunk-size", "20")
+    args = (*SYNC_ARGS, "--chunk-size", "20", "--send-ahead", str(send_ahead))
     n_chunks = -(-expected // 20)
     assert n_chunks >= 6
     fault, transport["http"] = _resetting_client(client, 3, persistent=persistent)
@@ -638,7 +642,10 @@ def test_connection_reset_mid_upload_sync_resumes(
         assert first.exit_code != 0 and "run the same command again" in first.output
         state = json.loads((staged / "state.json").read_text())
         up = sdk.get_upload(state["upload_id"])
-        assert up.status.value == "staged" and up.received_chunks == [0, 1, 2, 3]
+        # what got through before the network went down, the reset chunk included
+        assert up.status.value == "staged" and up.received_chunks == sorted(fault.chunk_puts)
+        if send_ahead == 1:
+            assert up.received_chunks == [0, 1, 2, 3]
         assert sdk.sync_status(pid).mine == []  # nothing visible before the commit
         first_puts = list(fault.chunk_puts)
         fault.heal()
@@ -659,12 +666,17 @@ def test_connection_reset_mid_upload_sync_resumes(
     sent = first_puts + resent
     assert sorted(set(sent)) == list(range(n_chunks))
     if persistent:
-        # chunk 3 reached the escrow before the network went down: the resumed run sent
-        # only what the escrow lacked, and no chunk twice
-        assert first_puts == [0, 1, 2, 3] and resent == list(range(4, n_chunks))
+        # the reset chunk reached the escrow before the network went down: the resumed
+        # run sent only what the escrow lacked, and no chunk twice
+        assert sorted(resent) == sorted(set(range(n_chunks)) - set(first_puts))
+        assert len(sent) == n_chunks
+        if send_ahead == 1:
+            assert first_puts == [0, 1, 2, 3] and resent == list(range(4, n_chunks))
     else:
         # the SDK re-sent the chunk whose answer the reset ate (an idempotent no-op)
-        assert len(sent) == n_chunks + 1 and sent.count(3) == 2, sent
+        assert len(sent) == n_chunks + 1 and sent.count(sent[3]) == 2, str(sent)
+        if send_ahead == 1:
+            assert sent.count(3) == 2
     with app.state.sessionmaker() as s:
         up = s.execute(select(Upload).where(Upload.id == uuid.UUID(u["upload_id"]))).scalar_one()
         n = s.execute(
