@@ -95,13 +95,18 @@ def _kinds(client: TestClient) -> set[int | None]:
         return set(s.execute(select(match_counts.c.kinds)).scalars())
 
 
-def test_a_pair_committed_before_its_jobs_is_joined_once(quiet, tenants):
-    pid = partner_up(quiet, tenants.a, tenants.b)
+def _pair_with_policies(client: TestClient, tenants) -> str:  # type: ignore[no-untyped-def]
+    pid = partner_up(client, tenants.a, tenants.b)
     for t in (tenants.a, tenants.b):
-        quiet.post(
+        client.post(
             "/v1/populations", json={"slug": "customers", "kind": "customers"}, headers=t.headers()
         )
-        _policy(quiet, t, pid, ["domain"])
+        _policy(client, t, pid, ["domain"])
+    return pid
+
+
+def test_a_pair_committed_before_its_jobs_is_joined_once(quiet, tenants):
+    pid = _pair_with_policies(quiet, tenants)
     _upload(quiet, tenants.a, pid, A)
     _upload(quiet, tenants.b, pid, B)
     assert _run_jobs(quiet) == (2, 1)  # two jobs, one join: the second found the pair done
@@ -137,16 +142,6 @@ def test_changed_kinds_rematch_the_pair(quiet, tenants):
             )
         ).all()
     assert tuple(row) == (2, 2)
-
-
-def _pair_with_policies(client: TestClient, tenants) -> str:  # type: ignore[no-untyped-def]
-    pid = partner_up(client, tenants.a, tenants.b)
-    for t in (tenants.a, tenants.b):
-        client.post(
-            "/v1/populations", json={"slug": "customers", "kind": "customers"}, headers=t.headers()
-        )
-        _policy(client, t, pid, ["domain"])
-    return pid
 
 
 def _num(client: TestClient, tenant) -> int:  # type: ignore[no-untyped-def]
