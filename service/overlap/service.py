@@ -191,8 +191,8 @@ def _merged(session: Session, i_am_a: bool, params: dict[str, Any]) -> bool:
             session.execute(text("SET LOCAL enable_hashjoin = off"))
             session.execute(text("SET LOCAL enable_sort = off"))
             session.execute(_join(i_am_a, True, distinct=False), params)
-            session.execute(text("SET LOCAL enable_hashjoin = on"))
-            session.execute(text("SET LOCAL enable_sort = on"))
+            session.execute(text("SET LOCAL enable_hashjoin = DEFAULT"))
+            session.execute(text("SET LOCAL enable_sort = DEFAULT"))
     except IntegrityError:
         return False  # the savepoint's rollback also undid the settings
     return True
