@@ -791,7 +791,7 @@ def build_upload(
     s_prefix, p_prefix = crypto.self_aad(pid, ""), crypto.partner_aad(pid, "")
     add = operator.add
     all_names = read.name_keys(population) if name_tok is not None else []
-    # Records go out in the order of their domain tokens (docs/protocol.md §8.1): the
+    # Records go out in the order of their domain tokens (docs/protocol.md §8.2): the
     # escrow's token index then takes each chunk's inserts in one narrow key range instead
     # of all over the upload's part of it (PostgreSQL: 1M tokens COPYed in 1.8 s instead
     # of 4.0 s). The order is a function of the token set the escrow holds anyway, and it
