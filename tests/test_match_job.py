@@ -21,7 +21,7 @@ from service import jobs
 from service.main import create_app
 from service.models import Upload, match_counts
 from service.overlap.service import _in_token_order
-from service.upload.ingest import KIND_CODES
+from service.upload.ingest import KIND_CODES, in_token_order
 from tests.conftest import partner_up
 from tests.uploads import match_pairs, record, token, upload
 
@@ -193,3 +193,14 @@ def test_a_pair_met_on_two_tokens_of_one_kind_is_matched_once(quiet, tenants, ba
     with quiet.app.state.sessionmaker() as s:  # type: ignore[attr-defined]
         counts = s.execute(select(match_counts.c.a_records, match_counts.c.b_records)).all()
     assert [tuple(c) for c in counts] == [(2, 2)]
+
+
+def test_chunks_in_token_order() -> None:
+    def k(i: int) -> bytes:
+        return bytes([KIND_CODES["domain"]]) + i.to_bytes(16, "big")
+
+    assert in_token_order([])
+    assert in_token_order([(k(1), k(5)), (k(5), k(9))])  # a key on the boundary: seq decides
+    assert not in_token_order([(k(1), k(5)), (k(4), k(9))])
+    assert not in_token_order([(k(5), k(9)), (k(1), k(4))])
+    assert not in_token_order([(k(1), k(5)), (None, None)])  # received before migration 0011

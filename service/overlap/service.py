@@ -16,7 +16,7 @@ from blindmap.policy import Policy, name_matching_enabled
 from service import jobs
 from service.models import Job, Partnership, Upload, UploadChunk, match_counts, matches
 from service.policy import service as policies
-from service.upload.ingest import KIND_CODES
+from service.upload.ingest import KIND_CODES, in_token_order
 
 # One statement per pair of uploads for every token kind matched. A pair of records can
 # share tokens of several kinds (and several tokens of one kind: multi-value cells), so
@@ -169,18 +169,14 @@ def _join(i_am_a: bool, pg: bool, *, distinct: bool) -> TextClause:
 
 
 def _in_token_order(session: Session, upload_num: int) -> bool:
-    """Whether each chunk's token keys come after the previous chunk's (the SDK's order):
-    then the upload's tokens were stored in the order of their index."""
-    last = b""
-    for lo, hi in session.execute(
+    """Whether the upload's chunks came in token order (the SDK's order): then its tokens
+    were stored in the order of their index."""
+    ranges = session.execute(
         select(UploadChunk.token_min, UploadChunk.token_max)
         .where(UploadChunk.upload_num == upload_num)
         .order_by(UploadChunk.n)
-    ):
-        if lo is None or hi is None or lo < last:
-            return False
-        last = hi
-    return True
+    )
+    return in_token_order((lo, hi) for lo, hi in ranges)
 
 
 def _merged(session: Session, i_am_a: bool, params: dict[str, Any]) -> bool:

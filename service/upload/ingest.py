@@ -22,7 +22,7 @@ import itertools
 import re
 import struct
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -745,18 +745,46 @@ def check_refs_unique(session: Session, upload_num: int, records: int) -> None:
     )
 
 
-def publish_tokens(session: Session, upload_num: int, partnership_id: uuid.UUID) -> None:
+def in_token_order(ranges: Iterable[tuple[bytes | None, bytes | None]]) -> bool:
+    """Whether chunks, given as (token_min, token_max) in chunk order, each start at or
+    after the previous one's end (the SDK's order, docs/protocol.md §8.2): then walking
+    the upload chunk by chunk goes through its key space (kind, value) once. Only the
+    order across chunks is known: PostgreSQL stores each chunk's tokens sorted anyway,
+    and the SDK sorts within chunks too. A chunk without a range (received before
+    migration 0011) never counts as ordered."""
+    last = b""
+    for lo, hi in ranges:
+        if lo is None or hi is None or lo < last:
+            return False
+        last = hi
+    return True
+
+
+_PUBLISH_ORDERED = text(
+    "INSERT INTO tokens (upload_num, kind, value, seq, partnership_id) "
+    "SELECT upload_num, kind, value, seq, :pid FROM staged_tokens WHERE upload_num = :n"
+)
+_PUBLISH = text(
+    "INSERT INTO tokens (upload_num, kind, value, seq, partnership_id) "
+    "SELECT upload_num, kind, value, seq, :pid FROM staged_tokens WHERE upload_num = :n "
+    "ORDER BY kind, value, seq"
+)
+
+
+def publish_tokens(
+    session: Session, upload_num: int, partnership_id: uuid.UUID, *, ordered: bool = False
+) -> None:
     """SQLite: move the upload's staged tokens into `tokens` in key order, so that the
-    index takes them as appends. Part of the commit's transaction."""
+    index takes them as appends. Part of the commit's transaction. `ordered`: the chunks
+    are :func:`in_token_order`, so the staged rows, kept in record order, are in key order
+    when each chunk is sorted too (the SDK's are) and SQLite's sort of them is skipped
+    (1M tokens: commit 1.9 -> 1.6 s). A chunk unsorted inside only makes the insert less
+    of an append; the rows are the same."""
     conn = session.connection()
     if conn.dialect.name == "postgresql":
         return  # COPY wrote them into `tokens` already
     conn.execute(
-        text(
-            "INSERT INTO tokens (upload_num, kind, value, seq, partnership_id) "
-            "SELECT upload_num, kind, value, seq, :pid FROM staged_tokens "
-            "WHERE upload_num = :n ORDER BY kind, value, seq"
-        ),
+        _PUBLISH_ORDERED if ordered else _PUBLISH,
         {"n": upload_num, "pid": partnership_id.hex},  # Uuid on SQLite: 32 hex characters
     )
     conn.execute(text("DELETE FROM staged_tokens WHERE upload_num = :n"), {"n": upload_num})

@@ -380,7 +380,8 @@ def commit(session: Session, settings: Settings, caller: Principal, upload_id: u
                 "confirm_shrink (CLI: --confirm-shrink).",
                 limit_fraction=settings.max_shrink_fraction,
             )
-    ingest.publish_tokens(session, up.num, up.partnership_id)
+    ordered = ingest.in_token_order((c.token_min, c.token_max) for c in got)
+    ingest.publish_tokens(session, up.num, up.partnership_id, ordered=ordered)
     if prev is not None:
         prev.status, prev.ended_at = "superseded", now
         _drop_data(session, prev.num)
