@@ -17,7 +17,7 @@ import weakref
 from collections.abc import Callable
 from datetime import timedelta
 
-from sqlalchemy import and_, event, or_, select
+from sqlalchemy import and_, case, event, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.config import Settings
@@ -28,6 +28,17 @@ log = logging.getLogger("blindmap.jobs")
 Handler = Callable[[Session, Job], None]
 HANDLERS: dict[str, Handler] = {}
 _wakers: weakref.WeakSet[threading.Event] = weakref.WeakSet()
+
+
+# Clean-up (freeing a replaced list's rows) waits behind every other due job: a partner's
+# match job, which users wait for, never queues behind a delete nobody waits for.
+_LATER_KINDS = ("drop_upload",)
+
+
+def load_handlers() -> None:
+    """Import the modules whose handlers the queue runs (idempotent): match, drop_upload."""
+    import service.overlap.service
+    import service.upload.service  # noqa: F401
 
 
 def handler(kind: str) -> Callable[[Handler], Handler]:
@@ -78,7 +89,7 @@ def claim(session: Session, worker_id: str, lease_seconds: int) -> Job | None:
                 ),
             )
         )
-        .order_by(Job.run_after, Job.id)
+        .order_by(case((Job.kind.in_(_LATER_KINDS), 1), else_=0), Job.run_after, Job.id)
         .limit(1)
     )
     if session.get_bind().dialect.name == "postgresql":
@@ -150,6 +161,7 @@ def requeue_own(factory: sessionmaker[Session], worker: str, job_ids: set[int]) 
 
 def drain(factory: sessionmaker[Session], settings: Settings, worker_id: str = "drain") -> int:
     """Run jobs until none is ready (tests and the demo use it to wait for matching)."""
+    load_handlers()
     n = 0
     while run_one(factory, settings, worker_id):
         n += 1
@@ -170,6 +182,7 @@ class Worker:
         self.thread = threading.Thread(target=self._loop, name="blindmap-worker", daemon=True)
         self.id = worker_id()
         _wakers.add(self.wake)
+        load_handlers()
 
     def start(self) -> None:
         self.thread.start()

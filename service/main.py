@@ -47,8 +47,6 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         worker = None
         if settings.embedded_worker:
-            import service.overlap.service  # noqa: F401  (registers the match handler)
-
             worker = Worker(app.state.sessionmaker, settings)
             worker.start()
         app.state.worker = worker

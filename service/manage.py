@@ -78,7 +78,6 @@ def worker(once: bool) -> None:
     On PostgreSQL several workers share the queue with FOR UPDATE SKIP LOCKED."""
     import signal
 
-    import service.overlap.service  # noqa: F401  (registers the match handler)
     from service import jobs, logs
     from service.db import make_engine, make_sessionmaker
 

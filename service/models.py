@@ -346,7 +346,7 @@ JOB_STATUSES = ("queued", "running", "done", "failed")
 
 
 class Job(Base):
-    """Background work (today: matching a committed upload), claimed by workers."""
+    """Background work (matching a committed upload, freeing a replaced one), claimed by workers."""
 
     __tablename__ = "jobs"
     __table_args__ = (

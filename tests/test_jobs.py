@@ -67,3 +67,14 @@ def test_an_unrecordable_failure_is_reported_as_lost(app, monkeypatch):
     jobs.requeue_own(real, "w1", {job_id})
     with app.state.sessionmaker() as s:
         assert s.get(Job, job_id).status == "queued"
+
+
+def test_a_partners_match_is_claimed_before_clean_up(app):
+    clean_up = _job(app, kind="drop_upload")
+    match = _job(app, kind="match")
+    with app.state.sessionmaker.begin() as s:
+        first = jobs.claim(s, "w", 60)
+        assert first is not None and first.id == match
+    with app.state.sessionmaker.begin() as s:
+        second = jobs.claim(s, "w", 60)
+        assert second is not None and second.id == clean_up

@@ -78,7 +78,69 @@ def test_resync_replaces_atomically_and_rematches(client, tenants, app, pair):
             for u in s.execute(select(Upload).where(Upload.company_id == tenants.a.id)).scalars()
         )
     assert statuses == ["committed", "superseded"]
-    assert _count(app, records) == 5 + 10  # the superseded list's rows are gone
+    # the superseded list's rows are gone, freed by a clean-up job after the commit
+    assert _count(app, records) == 5 + 10
+    assert _count(app, tokens) == 5 + 10
+    with app.state.sessionmaker() as s:
+        done = s.execute(select(Job.kind, Job.status).where(Job.kind == "drop_upload")).all()
+    assert done == [("drop_upload", "done")]
+
+
+def _committed_nums(app) -> list[int]:
+    with app.state.sessionmaker() as s:
+        return list(s.execute(select(Upload.num).where(Upload.status == "committed")).scalars())
+
+
+def test_clean_up_job_spares_live_lists_and_runs_twice_harmlessly(client, tenants, app, pair):
+    upload(client, tenants.a, pair, "customers", [[i] for i in range(10)])
+    upload(client, tenants.b, pair, "customers", [[i] for i in range(5, 15)])
+    wait_jobs(app)
+    staged, _ = upload(client, tenants.a, pair, "customers", [[i] for i in range(3)], commit=False)
+    live = _committed_nums(app)
+    with app.state.sessionmaker.begin() as s:
+        staged_num = s.execute(
+            select(Upload.num).where(Upload.id == uuid.UUID(staged["id"]))
+        ).scalar_one()
+        for num in [*live, staged_num, *live]:  # each live list twice
+            s.add(
+                Job(
+                    kind="drop_upload",
+                    upload_num=num,
+                    status="queued",
+                    attempts=0,
+                    run_after=utcnow(),
+                    created_at=utcnow(),
+                )
+            )
+    wait_jobs(app)
+    assert _count(app, records) == 10 + 10 + 3 and _count(app, matches) == 5
+    r = client.delete(f"/v1/uploads/{staged['id']}", headers=tenants.a.headers("uploader"))
+    assert r.status_code == 204
+    assert _count(app, records) == 20
+
+
+def test_match_job_state_ignores_other_jobs_of_the_upload(client, tenants, app, pair):
+    upload(client, tenants.a, pair, "customers", [[i] for i in range(4)])
+    wait_jobs(app)
+    (num,) = _committed_nums(app)
+    with app.state.sessionmaker.begin() as s:
+        s.add(
+            Job(
+                kind="drop_upload",
+                upload_num=num,
+                status="failed",
+                attempts=1,
+                run_after=utcnow(),
+                created_at=utcnow(),
+            )
+        )
+    st = client.get(f"/v1/partnerships/{pair}/status", headers=tenants.a.headers("reader")).json()
+    assert st["mine"][0]["match_job"] == "done"
+    with app.state.sessionmaker() as s:
+        up_id = s.execute(select(Upload.id).where(Upload.num == num)).scalar_one()
+    r = client.get(f"/v1/uploads/{up_id}", headers=tenants.a.headers("uploader"))
+    assert r.status_code == 200, r.text
+    assert r.json()["match_job"] == "done"
 
 
 def test_chunks_are_idempotent(client, tenants, pair):

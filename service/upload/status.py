@@ -28,7 +28,7 @@ from service.repository import Compiled
 _INVITER, _INVITEE = aliased(Company), aliased(Company)
 _LATEST_JOB = (
     select(Job.status)
-    .where(Job.upload_num == Upload.num)
+    .where(Job.upload_num == Upload.num, Job.kind == "match")
     .order_by(Job.id.desc())
     .limit(1)
     .correlate(Upload)

@@ -28,7 +28,7 @@ from sqlalchemy import delete, func, select
 from service.config import Settings
 from service.db import make_engine, make_sessionmaker
 from service.main import create_app
-from service.models import Upload, records, tokens
+from service.models import Job, Upload, records, tokens
 from tests.conftest import (
     TEST_SECRET,
     create_pg_database,
@@ -200,19 +200,26 @@ def test_sigkill_during_uploads_never_exposes_a_partial_list(crash_db):
         acceptable = {current.id} | ({uuid.UUID(out["id"])} if out.get("commit_sent") else set())
         current = check_invariants(factory, a.id, acceptable)
 
-    # restart with a short TTL: the staged remains of the killed uploads are reaped
+    # restart with a short TTL and lease: the staged remains of the killed uploads are
+    # reaped, and the clean-up jobs of replaced lists (queued, or cut off mid-run) finish
     time.sleep(1.1)
-    with Server(crash_db, BLINDMAP_STAGED_UPLOAD_TTL_SECONDS="1"):
+    with Server(crash_db, BLINDMAP_STAGED_UPLOAD_TTL_SECONDS="1", BLINDMAP_JOB_LEASE_SECONDS="5"):
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             with factory() as s:
                 staged = s.execute(
                     select(func.count()).select_from(Upload).where(Upload.status == "staged")
                 ).scalar_one()
-            if staged == 0:
+                pending = s.execute(
+                    select(func.count())
+                    .select_from(Job)
+                    .where(Job.status.in_(("queued", "running")))
+                ).scalar_one()
+            if staged == 0 and pending == 0:
                 break
             time.sleep(0.2)
         assert staged == 0, f"{staged} staged uploads were not reaped"
+        assert pending == 0, f"{pending} jobs did not finish"
     with factory() as s:
         live = {
             u.num for u in s.execute(select(Upload).where(Upload.status == "committed")).scalars()
