@@ -33,6 +33,7 @@ the matching core, <= 1.5x the plaintext baseline.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import pickle
@@ -40,6 +41,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -153,6 +155,7 @@ def _worker_sync(spec: dict[str, Any]) -> dict[str, Any]:
         "send_s": commit_at - send_at,  # chunk PUTs
         "commit_s": total - commit_at,
         "total_s": total,
+        "ended_at": time.time(),  # the harness times what follows the commit from here
         "rss_mb": _maxrss_mb(),
     }
 
@@ -375,18 +378,99 @@ WORKERS = {
 }
 
 
+_clients_cpu = [0.0]  # CPU-s of every worker process so far (and of what each waited for)
+_clients_lock = threading.Lock()  # workers run from two threads at once (--sides together)
+
+
 def run_worker(mode: str, **spec: Any) -> dict[str, Any]:
-    """Run one worker in a fresh process; its last stdout line is the JSON result."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.bench_e2e", "--worker", mode, json.dumps(spec)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    """Run one worker in a fresh process; its last stdout line is the JSON result.
+
+    `cpu_s` in it is the process's user + system CPU from os.wait4's rusage (with the
+    processes it waited for: sync's normalizing pool): the worker's alone, where the
+    harness's RUSAGE_CHILDREN would also take in the escrow once it is stopped."""
+    cmd = [sys.executable, "-m", "bench.bench_e2e", "--worker", mode, json.dumps(spec)]
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=err)
+        cpu: float | None = None
+        try:
+            if hasattr(os, "wait4"):
+                _, status, ru = os.wait4(proc.pid, 0)
+                proc.returncode = os.waitstatus_to_exitcode(status)
+                cpu = ru.ru_utime + ru.ru_stime
+            else:
+                proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
     if proc.returncode != 0:
-        raise RuntimeError(f"{mode} worker failed:\n{proc.stderr[-4000:]}")
-    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+        raise RuntimeError(f"{mode} worker failed:\n{stderr[-4000:]}")
+    res = dict(json.loads(stdout.strip().splitlines()[-1]))
+    res["cpu_s"] = cpu
+    if cpu is not None:
+        with _clients_lock:
+            _clients_cpu[0] += cpu
+    return res
+
+
+# ------------------------------------------------------------------------ CPU-seconds
+
+
+@functools.cache
+def _pg_pid() -> int | None:
+    return bi.pg_server_pid(bi._pg_admin())
+
+
+class _CpuSpent:
+    """CPU-seconds spent from construction to :meth:`stop`, by who spent them:
+
+    - clients: the worker processes that ended in between (run_worker's os.wait4), the
+      two companies' syncs and the report, or the plaintext baseline's readers and loader;
+    - escrow: the server's process tree (utime + stime + cutime + cstime from /proc);
+    - postgres: the whole PostgreSQL server (bi.pg_server_cpu_s: every database's
+      backends and the shared background processes); None on SQLite or where /proc does
+      not show it;
+    - bench: this harness (polling the status, the report worker's parent);
+    - busy, idle (and steal, in busy): the machine's, from /proc/stat.
+
+    On N CPUs, busy + idle ≈ N x wall: what the run's wall clock can at best shrink to is
+    (clients + escrow + postgres) / N.
+    """
+
+    def __init__(self, url: str, server: Server | None = None) -> None:
+        self.server = server
+        self.pg = _pg_pid() if url.startswith("postgresql") else None
+        self._t0 = self._snap()
+
+    def _snap(self) -> dict[str, float | None]:
+        me = resource.getrusage(resource.RUSAGE_SELF)
+        m = bi.machine_cpu_s()
+        with _clients_lock:
+            clients = _clients_cpu[0]
+        return {
+            "clients": clients,
+            "escrow": (
+                sum(bi.proc_cpu_s(p, reaped=True) for p in bi.process_tree(self.server.proc.pid))
+                if self.server is not None
+                else 0.0
+            ),
+            "postgres": bi.pg_server_cpu_s(self.pg) if self.pg is not None else None,
+            "bench": me.ru_utime + me.ru_stime,
+            "busy": m.busy if m else None,
+            "idle": m.idle if m else None,
+            "steal": m.steal if m else None,
+            "wall": time.perf_counter(),
+        }
+
+    def stop(self) -> dict[str, float | None]:
+        t1, out = self._snap(), {}
+        for k, v in self._t0.items():
+            w = t1[k]
+            out[k] = w - v if v is not None and w is not None else None
+        return out
 
 
 # ---------------------------------------------------------------------- Blindmap
@@ -441,7 +525,9 @@ def run_blindmap(
     *,
     together: bool = False,
     server_workers: int = 1,
+    resync: bool = False,
 ) -> dict[str, Any]:
+    resynced: dict[str, Any] | None = None
     with bi.scratch_database(db) as url:
         keys = bi.make_companies(url)
         server = Server(url, server_workers)
@@ -449,6 +535,7 @@ def run_blindmap(
         try:
             with httpx.Client(base_url=server.base, timeout=600) as http:
                 pid, privs = setup_partnership(http, keys)
+                spent = _CpuSpent(url, server)
                 cpu0 = server.cpu_s()
                 t_start = time.perf_counter()
 
@@ -483,18 +570,25 @@ def run_blindmap(
                 t_end = time.perf_counter()
                 hwm = server.hwm_mb()
                 cpu_total = server.cpu_s() - cpu0
+                cpu = spent.stop()
+                # read before any re-sync, which replaces A's list and adds a match job
+                matched, _last_job = bi.count_matches(url, pid)
+                # Each commit queues a match job. When both lists are committed before the
+                # first runs, it joins the pair and the second finds it done; otherwise the
+                # first finds no partner list and the second joins. The longest job is the
+                # one that joined (with any wait for the other commit's row lock: it errs on
+                # the slow side).
+                match_jobs = bi.match_job_times(url)
+                match_job = max(match_jobs, default=None)
+                if resync:
+                    resynced = run_resync(
+                        http, server, url, keys["acme"], privs["acme"], pid, a_csv, state
+                    )
         finally:
             server.stop()
             import shutil
 
             shutil.rmtree(state, ignore_errors=True)
-        matched, _last_job = bi.count_matches(url, pid)
-        # Each commit queues a match job. When both lists are committed before the first
-        # runs, it joins the pair and the second finds it done; otherwise the first finds
-        # no partner list and the second joins. The longest job is the one that joined
-        # (with any wait for the other commit's row lock: it errs on the slow side).
-        match_jobs = bi.match_job_times(url)
-        match_job = max(match_jobs, default=None)
     got = set(rep.pop("domains"))
     if got != truth:
         raise SystemExit(
@@ -519,7 +613,109 @@ def run_blindmap(
         "server_cpu_sync_s": cpu_sync,
         "server_cpu_total_s": cpu_total,
         "client_rss_mb": max(a["rss_mb"], b["rss_mb"], rep["rss_mb"]),
+        "cpu": cpu,
+        **({"resync": resynced} if resynced is not None else {}),
     }
+
+
+def run_resync(
+    http: httpx.Client,
+    server: Server,
+    url: str,
+    api_key: str,
+    private_key: str,
+    pid: str,
+    csv_path: Path,
+    state: str,
+    timeout: float = 120,
+) -> dict[str, Any]:
+    """Company A syncs the same CSV again, as `blindmap sync` re-uploads a list: a new
+    upload whose commit replaces A's committed one. Then, from the moment the sync ended,
+    polled every 50 ms: until its match job is done (the status endpoint) and until no
+    `drop_upload` job (freeing the replaced list's rows after the commit) is queued or
+    running (the jobs table)."""
+    spent = _CpuSpent(url, server)
+    t0 = time.perf_counter()
+    s = run_worker(
+        "sync",
+        base_url=server.base,
+        api_key=api_key,
+        private_key=private_key,
+        csv=str(csv_path),
+        state_dir=f"{state}/acme",
+    )
+    wall = time.perf_counter() - t0
+    ended = s.pop("ended_at")  # the worker's exit is not the commit's end: time from here
+    h = {"Authorization": f"Bearer {api_key}"}
+    match_s = drops_s = None
+    with _JobsTable(url) as jobs:
+        while time.time() - ended < timeout and (match_s is None or drops_s is None):
+            if match_s is None:
+                st = http.get(f"/v1/partnerships/{pid}/status", headers=h)
+                state_now = bi._ok(st)["mine"][0]["match_job"]
+                if state_now == "failed":
+                    raise RuntimeError("the re-sync's match job failed")
+                if state_now == "done":
+                    match_s = time.time() - ended
+            if drops_s is None and jobs.pending("drop_upload") == 0:
+                drops_s = time.time() - ended
+            time.sleep(0.05)
+        drops = jobs.by_status("drop_upload")
+    cpu = spent.stop()
+    return {
+        "sync": s,
+        "sync_s": s["total_s"],
+        "commit_s": s["commit_s"],
+        "worker_wall_s": wall,
+        "match_done_s": match_s,  # after the sync ended; None: not within the timeout
+        # the newest finished match job is the re-sync's once the status says done
+        "match_job_s": bi.match_job_times(url)[-1] if match_s is not None else None,
+        "drop_jobs": drops,  # status -> count; {} while the service queues none
+        "drops_done_s": drops_s if drops else None,
+        "cpu": cpu,
+    }
+
+
+class _JobsTable:
+    """One connection to the benchmark database for polling the jobs table (autocommit:
+    each query sees what is committed then)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def __enter__(self) -> _JobsTable:
+        if self.url.startswith("sqlite"):
+            import sqlite3
+
+            self.con: Any = sqlite3.connect(
+                self.url.split("///", 1)[1], isolation_level=None, timeout=30
+            )
+            self.mark = "?"
+        else:
+            import psycopg
+
+            dsn = self.url.replace("postgresql+psycopg://", "postgresql://")
+            self.con = psycopg.connect(dsn, autocommit=True)
+            self.mark = "%s"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.con.close()
+
+    def pending(self, kind: str) -> int:
+        row = self.con.execute(
+            f"SELECT count(*) FROM jobs WHERE kind = {self.mark} AND status IN"
+            " ('queued', 'running')",
+            (kind,),
+        ).fetchone()
+        return int(row[0])
+
+    def by_status(self, kind: str) -> dict[str, int]:
+        rows = self.con.execute(
+            f"SELECT status, count(*) FROM jobs WHERE kind = {self.mark} GROUP BY status",
+            (kind,),
+        ).fetchall()
+        return {str(st): int(n) for st, n in rows}
 
 
 def run_plain(
@@ -528,6 +724,7 @@ def run_plain(
     """The incumbents' design on the same data; with `together`, the two companies' CSVs
     are read at the same time (as Blindmap's two syncs are) and handed over as rows."""
     with bi.scratch_database(db) as url, tempfile.TemporaryDirectory() as tmp:
+        spent = _CpuSpent(url)
         if together:
             t0 = time.perf_counter()
             outs = [f"{tmp}/a.pickle", f"{tmp}/b.pickle"]
@@ -545,6 +742,7 @@ def run_plain(
             res["rss_mb"] = max(res["rss_mb"], *(r["rss_mb"] for r in reads))
         else:
             res = run_worker("plain", url=url, csvs=[str(a_csv), str(b_csv)])
+        res["cpu"] = spent.stop()
     got = set(res.pop("domains"))
     if got != truth:
         raise SystemExit(f"[{db}] plaintext overlap {len(got)} != ground truth {len(truth)}")
@@ -602,6 +800,12 @@ def main(argv: list[str]) -> None:
         default=1,
         help="uvicorn worker processes of the escrow (blindmap-server serve --workers)",
     )
+    parser.add_argument(
+        "--resync",
+        action="store_true",
+        help="after each Blindmap run's reports, company A syncs the same CSV again (a "
+        "re-sync replacing its list): that sync, its match job and the clean-up jobs",
+    )
     parser.add_argument("--json", dest="json_out", help="also write all results here")
     args = parser.parse_args(argv)
     n = _parse_size(args.size)
@@ -631,6 +835,7 @@ def main(argv: list[str]) -> None:
                 truth,
                 together=args.sides == "together",
                 server_workers=args.server_workers,
+                resync=args.resync,
             )
             r["load"] = load
             bl.append(r)
@@ -648,6 +853,8 @@ def main(argv: list[str]) -> None:
                 f"{r['server_cpu_total_s']:.1f} s; load {load}",
                 flush=True,
             )
+            if "resync" in r:
+                print(f"  [{db}] {_resync_text(r['resync'])}", flush=True)
             if "plain" not in args.skip:
                 load = _load()
                 p = run_plain(db, a_csv, b_csv, truth, together=args.sides == "together")
@@ -682,6 +889,25 @@ def main(argv: list[str]) -> None:
     summarize(out, n)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(out, indent=1))
+
+
+def _resync_text(rs: dict[str, Any]) -> str:
+    def at(x: float | None) -> str:
+        return f"at {x:.2f} s" if x is not None else "NOT within 120 s"
+
+    drops = rs["drop_jobs"]
+    if not drops:
+        drop_text = "no drop_upload jobs queued"
+    else:
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(drops.items()))
+        drop_text = f"drop_upload jobs ({counts}) all finished {at(rs['drops_done_s'])}"
+    job = rs["match_job_s"]
+    return (
+        f"re-sync A (same CSV): sync {rs['sync_s']:.2f} s (commit {rs['commit_s']:.2f} s); "
+        f"counting from its end: its match job done {at(rs['match_done_s'])}"
+        + (f" (the job ran {job:.2f} s)" if job is not None else "")
+        + f", {drop_text}"
+    )
 
 
 def summarize(out: dict[str, Any], n: int) -> None:
@@ -741,6 +967,100 @@ def summarize(out: dict[str, Any], n: int) -> None:
             f"{sum(b.values()) / 1e6:.1f} MB exchanged | {2 * n / psi_total:,.0f} | "
             f"{_med(ps, 'rss_mb'):.0f} MB | | 1 | {len(ps)} |"
         )
+    summarize_cpu(out)
+
+
+def _med_opt(runs: list[dict[str, Any]], *path: str) -> float | None:
+    """The median, or None when a run lacks the figure (a /proc that could not be read)."""
+    vals = []
+    for r in runs:
+        x: Any = r
+        for p in path:
+            x = x.get(p) if isinstance(x, dict) else None
+        if x is None:
+            return None
+        vals.append(float(x))
+    return _median(vals) if vals else None
+
+
+def _cpu_rest(cpu: dict[str, float | None], sqlite: bool) -> float | None:
+    """The machine's busy time nobody above accounts for: this harness, interrupts
+    (loopback TCP), steal, neighbours."""
+    parts = (cpu["clients"], cpu["escrow"], 0.0 if sqlite else cpu["postgres"], cpu["busy"])
+    if any(x is None for x in parts):
+        return None
+    clients, escrow, pg, busy = (float(x or 0) for x in parts)
+    return busy - clients - escrow - pg
+
+
+def summarize_cpu(out: dict[str, Any]) -> None:
+    """Medians of each run's CPU-seconds (_CpuSpent): can the wall clock shrink further?"""
+    cpus = os.cpu_count() or 1
+    rows = []
+    for db, res in out["dbs"].items():
+        if not res["blindmap"]:
+            continue
+        first = res["blindmap"][0]
+        recs = first["sync_a"]["records"] + first["sync_b"]["records"]
+        for system, runs in (("Blindmap", res["blindmap"]), ("plaintext baseline", res["plain"])):
+            if runs and all("cpu" in r for r in runs):
+                rows.append((db, system, runs, recs))
+    if not rows:
+        return
+    print(
+        f"\n  CPU-seconds over each run (medians): clients = the client processes, escrow ="
+        f" the server's process tree, PostgreSQL = the whole server; machine busy + idle ≈ "
+        f"{cpus} CPUs x wall; rest = busy - clients - escrow - PostgreSQL (this harness, "
+        "interrupts, steal, neighbours); per record: (clients + escrow + PostgreSQL) / records"
+    )
+    print(
+        "| database | system | wall | clients | escrow | PostgreSQL | rest | machine busy | "
+        "machine idle | CPU per record | runs |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+
+    def cs(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.2f} s"
+
+    for db, system, runs, recs in rows:
+        sqlite = db == "sqlite"
+        per_run = []
+        for r in runs:
+            c = r["cpu"]
+            pg = 0.0 if sqlite else c["postgres"]
+            own = None if pg is None else c["clients"] + c["escrow"] + pg
+            per_run.append({"rest": _cpu_rest(c, sqlite), "own": own})
+        own = _med_opt(per_run, "own")
+        print(
+            f"| {db} | {system} | {cs(_med_opt(runs, 'cpu', 'wall'))} | "
+            f"{cs(_med_opt(runs, 'cpu', 'clients'))} | "
+            f"{cs(_med_opt(runs, 'cpu', 'escrow')) if system == 'Blindmap' else '—'} | "
+            f"{'—' if sqlite else cs(_med_opt(runs, 'cpu', 'postgres'))} | "
+            f"{cs(_med_opt(per_run, 'rest'))} | {cs(_med_opt(runs, 'cpu', 'busy'))} | "
+            f"{cs(_med_opt(runs, 'cpu', 'idle'))} | "
+            f"{'n/a' if own is None else f'{own / recs * 1e6:.1f} µs'} | {len(runs)} |"
+        )
+    for db, res in out["dbs"].items():
+        rs = [r["resync"] for r in res["blindmap"] if "resync" in r]
+        if rs:
+            print(f"  [{db}] re-sync medians of {len(rs)}: {_resync_text(_resync_median(rs))}")
+
+
+def _resync_median(rs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over the runs that have the figure (a wait that timed out has none)."""
+
+    def med(k: str) -> float | None:
+        vals = [float(r[k]) for r in rs if r[k] is not None]
+        return _median(vals) if vals else None
+
+    statuses = {st for r in rs for st in r["drop_jobs"]}
+    drops = {st: round(_median([r["drop_jobs"].get(st, 0) for r in rs])) for st in statuses}
+    out = {k: med(k) for k in ("sync_s", "commit_s", "match_done_s", "match_job_s")}
+    return {
+        **out,
+        "drop_jobs": {k: v for k, v in drops.items() if v},
+        "drops_done_s": med("drops_done_s"),
+    }
 
 
 if __name__ == "__main__":

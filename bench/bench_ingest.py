@@ -65,7 +65,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 
@@ -302,14 +302,125 @@ def _proc_kb(pid: int, field_name: str) -> int:
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def proc_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process so far (0 when it is gone)."""
+def _stat_ticks(pid: int) -> list[int] | None:
+    """utime, stime, cutime, cstime of a process in clock ticks (None: gone or unreadable)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
+            fields = f.read().rsplit(")", 1)[1].split()  # the name may hold spaces and ")"
     except OSError:
+        return None
+    return [int(x) for x in fields[11:15]]
+
+
+def proc_cpu_s(pid: int, *, reaped: bool = False) -> float:
+    """User + system CPU seconds of a process so far (0 when it is gone); with `reaped`,
+    plus those of the children it has waited for (cutime + cstime)."""
+    t = _stat_ticks(pid)
+    if t is None:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
+    return sum(t if reaped else t[:2]) / _TICK
+
+
+def _comm(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _children(pid: int) -> list[int]:
+    """Live children of a process (each thread's: a child belongs to the thread that
+    forked it)."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+        out = []
+        for tid in tasks:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out += [int(c) for c in f.read().split()]
+        return out
+    except OSError:  # gone, or a kernel without CONFIG_PROC_CHILDREN: every parent then
+        pass
+    out = []
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(entry))
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+
+
+def pg_server_pid(conn_or_url: Any) -> int | None:
+    """The postmaster's pid: the parent of this connection's backend, when PostgreSQL runs
+    on this machine and /proc shows it (None: SQLite, PostgreSQL elsewhere or unreadable).
+
+    `conn_or_url` is a psycopg connection, a database URL or a libpq connection string."""
+    import psycopg
+
+    if isinstance(conn_or_url, str):
+        if conn_or_url.startswith("sqlite"):
+            return None
+        try:
+            dsn = conn_or_url.replace("postgresql+psycopg://", "postgresql://")
+            with psycopg.connect(dsn, autocommit=True, connect_timeout=3) as conn:
+                return pg_server_pid(conn)
+        except psycopg.Error:
+            return None
+    row = conn_or_url.execute("SELECT pg_backend_pid()").fetchone()
+    backend = int(row[0]) if row else 0
+    # A PostgreSQL in another container (pid namespace) has pids that mean nothing here:
+    # both the backend and its parent must be `postgres` processes.
+    if _comm(backend) != "postgres":
+        return None
+    try:
+        with open(f"/proc/{backend}/stat") as f:
+            parent = int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return parent if _comm(parent) == "postgres" else None
+
+
+def pg_server_cpu_s(pid: int) -> float | None:
+    """CPU seconds of the whole PostgreSQL server so far: the postmaster's own, its exited
+    children's (cutime + cstime: backends that disconnected) and its live children's
+    (backends, WAL writer, checkpointer, autovacuum...; only processes named `postgres`).
+    None when /proc does not show the postmaster."""
+    if _comm(pid) != "postgres":
+        return None
+    # children first: one that exits in between is counted twice rather than not at all
+    live = [t for c in _children(pid) if _comm(c) == "postgres" and (t := _stat_ticks(c))]
+    own = _stat_ticks(pid)
+    if own is None:
+        return None
+    return (sum(own) + sum(t[0] + t[1] for t in live)) / _TICK
+
+
+class MachineCpu(NamedTuple):
+    busy: float  # user, nice, system, irq, softirq, steal
+    idle: float  # idle, iowait
+    steal: float  # in busy: time the hypervisor gave this machine's CPUs to others
+
+
+def machine_cpu_s() -> MachineCpu | None:
+    """CPU seconds of the whole machine since boot, all CPUs (/proc/stat's `cpu` line;
+    guest time is already in user). None where there is no /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            line = next((x for x in f if x.startswith("cpu ")), "")
+    except OSError:
+        return None
+    v = [int(x) for x in line.split()[1:9]]
+    if len(v) < 8:
+        return None
+    user, nice, system, idle, iowait, irq, softirq, steal = v
+    return MachineCpu(
+        (user + nice + system + irq + softirq + steal) / _TICK,
+        (idle + iowait) / _TICK,
+        steal / _TICK,
+    )
 
 
 def process_tree(pid: int) -> list[int]:
