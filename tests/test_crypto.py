@@ -597,6 +597,31 @@ def test_flat_fields_columns_encode_like_one_record_at_a_time(
     assert got == [crypto.canonical_json({"a": a, "b": b or None}) for a, b in zip(first, second)]
 
 
+_TEXT = st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=8)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.sampled_from(["a", "b%s", "c%", '"d"', "e\n"]), min_size=1, unique=True),
+    st.data(),
+)
+def test_flat_fields_columns_match_canonical_json_plain_or_not(names, data) -> None:
+    """Columns with nothing to escape take a path of their own: names and values with
+    `%`, quotes, backslashes, controls and empties, mixed, still give canonical JSON."""
+    n = data.draw(st.integers(0, 5))
+    plain = st.sampled_from(["", "x", "100%", "%s", "é", "a b", "%(x)s"])
+    columns = {f: data.draw(st.lists(plain | _TEXT, min_size=n, max_size=n)) for f in names}
+    nullable = data.draw(st.lists(st.sampled_from(names), unique=True))
+    got = crypto.FlatFields(names).encode_columns(columns, nullable=nullable)
+    want = [
+        crypto.canonical_json(
+            {f: (columns[f][i] or None) if f in nullable else columns[f][i] for f in names}
+        )
+        for i in range(n)
+    ]
+    assert got == want
+
+
 def test_flat_fields_columns_refuse_what_encode_refuses() -> None:
     flat = crypto.FlatFields(["a"])
     with pytest.raises(crypto.SealError):

@@ -14,6 +14,7 @@ import json
 import json.scanner
 import operator
 import os
+import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final
@@ -410,6 +411,8 @@ def canonical_json(fields: Mapping[str, Any]) -> bytes:
 
 
 _EMPTY_AS_NULL: Final = {'""': "null"}
+# What encode_basestring (canonical_json's string encoder) escapes: the rest is verbatim.
+_NEEDS_ESCAPE: Final = re.compile(r'[\x00-\x1f"\\]')
 
 
 class FlatFields:
@@ -420,13 +423,17 @@ class FlatFields:
     (:attr:`names`). A third of the cost of sealing went into building and sorting dicts.
     """
 
-    __slots__ = ("_template", "names")
+    __slots__ = ("_keys", "_template", "names")
 
     def __init__(self, names: Iterable[str]) -> None:
         self.names: tuple[str, ...] = tuple(sorted(set(names)))
         enc = json.encoder.encode_basestring
+        self._keys = [enc(n).replace("%", "%%") + ":" for n in self.names]
         # '{"a":%s,"b":%s}': one %-format per record (half the cost of joining pieces)
-        self._template = "{" + ",".join(enc(n).replace("%", "%%") + ":%s" for n in self.names) + "}"
+        self._template = self._with(["%s"] * len(self.names))
+
+    def _with(self, slots: Iterable[str]) -> str:
+        return "{" + ",".join(map(operator.add, self._keys, slots)) + "}"
 
     def encode(self, values: Sequence[str | None]) -> bytes:
         """UTF-8 JSON of ``dict(zip(names, values))`` exactly as `canonical_json` writes it."""
@@ -453,13 +460,27 @@ class FlatFields:
         null_empty = frozenset(nullable)
         try:
             parts: list[Iterable[str]] = []
+            slots: list[str] = []
             for n in self.names:
-                if n in null_empty:
-                    encoded = list(map(enc, columns[n]))
+                col = columns[n]
+                col = col if isinstance(col, list | tuple) else list(col)
+                # A column with nothing to escape and no empty string to write as null (the
+                # usual case) is written as it is between quotes the template holds, with
+                # no encode_basestring call per value (1M records: -0.7 us each).
+                if not _NEEDS_ESCAPE.search("".join(col)) and (
+                    n not in null_empty or "" not in col
+                ):
+                    parts.append(col)
+                    slots.append('"%s"')
+                elif n in null_empty:
+                    encoded = list(map(enc, col))
                     parts.append(map(_EMPTY_AS_NULL.get, encoded, encoded))
+                    slots.append("%s")
                 else:
-                    parts.append(map(enc, columns[n]))
-            return list(map(str.encode, map(self._template.__mod__, zip(*parts, strict=True))))
+                    parts.append(map(enc, col))
+                    slots.append("%s")
+            template = self._with(slots)
+            return list(map(str.encode, map(template.__mod__, zip(*parts, strict=True))))
         except (TypeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError
             raise SealError(f"fields cannot be sealed: {exc}") from None
 
