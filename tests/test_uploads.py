@@ -86,6 +86,18 @@ def test_resync_replaces_atomically_and_rematches(client, tenants, app, pair):
     assert done == [("drop_upload", "done")]
 
 
+def _drop_job(upload_num: int, status: str) -> Job:
+    now = utcnow()
+    return Job(
+        kind="drop_upload",
+        upload_num=upload_num,
+        status=status,
+        attempts=0,
+        run_after=now,
+        created_at=now,
+    )
+
+
 def _committed_nums(app) -> list[int]:
     with app.state.sessionmaker() as s:
         return list(s.execute(select(Upload.num).where(Upload.status == "committed")).scalars())
@@ -102,16 +114,7 @@ def test_clean_up_job_spares_live_lists_and_runs_twice_harmlessly(client, tenant
             select(Upload.num).where(Upload.id == uuid.UUID(staged["id"]))
         ).scalar_one()
         for num in [*live, staged_num, *live]:  # each live list twice
-            s.add(
-                Job(
-                    kind="drop_upload",
-                    upload_num=num,
-                    status="queued",
-                    attempts=0,
-                    run_after=utcnow(),
-                    created_at=utcnow(),
-                )
-            )
+            s.add(_drop_job(num, "queued"))
     wait_jobs(app)
     assert _count(app, records) == 10 + 10 + 3 and _count(app, matches) == 5
     r = client.delete(f"/v1/uploads/{staged['id']}", headers=tenants.a.headers("uploader"))
@@ -124,16 +127,7 @@ def test_match_job_state_ignores_other_jobs_of_the_upload(client, tenants, app, 
     wait_jobs(app)
     (num,) = _committed_nums(app)
     with app.state.sessionmaker.begin() as s:
-        s.add(
-            Job(
-                kind="drop_upload",
-                upload_num=num,
-                status="failed",
-                attempts=1,
-                run_after=utcnow(),
-                created_at=utcnow(),
-            )
-        )
+        s.add(_drop_job(num, "failed"))
     st = client.get(f"/v1/partnerships/{pair}/status", headers=tenants.a.headers("reader")).json()
     assert st["mine"][0]["match_job"] == "done"
     with app.state.sessionmaker() as s:
