@@ -422,7 +422,7 @@ def test_postgres_restart_mid_upload_and_mid_commit(private_pg, tmp_path):
             world.send(c, y_id, "Y", range(2, 4))
             assert world.committed(a).id == uuid.UUID(x_id)  # X untouched throughout
 
-            # -- mid-commit: the previous list is superseded and its rows deleted, the
+            # -- mid-commit: the previous list is superseded and its matches deleted, the
             # new one marked committed; the transaction waits to enqueue the match job
             locker = psycopg.connect(private_pg.conninfo(dbname))
             locker.execute("LOCK TABLE jobs IN EXCLUSIVE MODE")
