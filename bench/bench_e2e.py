@@ -25,6 +25,12 @@ companies both lists hold a usable website for). "Matching core": Blindmap = HMA
 tokens of both sides' domains + the match job that joined the two lists (the longer of the
 two jobs the commits queue); PSI = its protocol.
 
+Around every Blindmap and baseline run the CPU-seconds spent are read (`_CpuSpent`): the
+client processes' rusage, the escrow's and the whole PostgreSQL server's /proc counters,
+the machine's busy and idle time; a table of their medians follows the results. With
+`--resync`, company A then syncs the same CSV again (a re-sync replacing its list): that
+sync's commit, its match job and the replaced list's clean-up job are timed.
+
 Medians of `--runs` runs (the peer's 1M run is slow; `--peer-runs 1`). Targets (1M x 1M,
 PostgreSQL): Blindmap end to end <= 30 s, >= 10x faster than PSI end to end, >= 100x on
 the matching core, <= 1.5x the plaintext baseline.
