@@ -9,6 +9,7 @@ import random
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 from sqlalchemy import func, select
 
 from service.models import Upload, records, tokens
@@ -145,3 +146,51 @@ def test_a_commit_racing_the_chunks_never_commits_a_partial_list(client, tenants
         # a chunk arriving after the commit is refused and changes nothing
         r = client.put(f"/v1/uploads/{up['id']}/chunks/0", content=chunks[0], headers={**h, **CT})
         assert r.status_code == 409 and "committed" in r.json()["detail"]
+
+
+def test_no_write_lock_is_held_while_a_chunk_body_arrives(
+    client,
+    tenants,
+    app,
+    pair,  # noqa: F811
+    backend,
+    database_url,
+    monkeypatch,
+):
+    """SQLite has one write lock for the whole database: a chunk request must not hold
+    it (from its key lookup on) while its body is still on the way, or one slow upload
+    stops every other writer of every company."""
+    if backend != "sqlite":
+        pytest.skip("SQLite's database-wide write lock")
+    import sqlite3
+
+    from starlette.requests import Request
+
+    path = database_url.split("///", 1)[1]
+    original = Request.body
+    seen: list[str] = []
+
+    async def body(self: Request) -> bytes:
+        if "/chunks/" in self.url.path:
+            # another writer, waiting up to 2 s (the embedded worker's polls hold the lock
+            # for milliseconds; the request itself would hold it until this returns)
+            con = sqlite3.connect(path, timeout=2, isolation_level=None)
+            try:
+                con.execute("BEGIN IMMEDIATE")
+                con.execute("ROLLBACK")
+                seen.append("free")
+            except sqlite3.OperationalError as exc:
+                seen.append(str(exc))
+            finally:
+                con.close()
+        return await original(self)
+
+    monkeypatch.setattr(Request, "body", body)
+    chunks = _chunks()[:2]
+    up, h = _stage(client, tenants.a, pair, chunks, 2 * PER_CHUNK)
+    for n, chunk in enumerate(chunks):
+        r = client.put(f"/v1/uploads/{up['id']}/chunks/{n}", content=chunk, headers=h | CT)
+        assert r.status_code == 200, r.text
+    assert seen == ["free", "free"]
+    r = client.post(f"/v1/uploads/{up['id']}/commit", headers=h)
+    assert r.status_code == 200, r.text

@@ -81,9 +81,15 @@ async def put_chunk(
             f"Content-Encoding '{encoding}' is not accepted for chunks: send them "
             "uncompressed (tokens and ciphertext do not compress anyway)."
         )
+    from starlette.concurrency import run_in_threadpool
+
+    if session.in_transaction() and session.get_bind().dialect.name == "sqlite":
+        # SQLite has one write lock for the whole database, and a transaction takes it at
+        # its first statement (BEGIN IMMEDIATE): end the key lookup's before waiting for
+        # the body, or a slow upload holds every other writer of every company up.
+        await run_in_threadpool(session.commit)
     body = await request.body()
     settings = request.app.state.settings
-    from starlette.concurrency import run_in_threadpool
 
     chunk, duplicate = await run_in_threadpool(
         service.put_chunk, session, settings, caller, upload_id, n, body, binary=binary
