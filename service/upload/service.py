@@ -389,8 +389,8 @@ def commit(session: Session, settings: Settings, caller: Principal, upload_id: u
     if prev is not None:
         # The replaced list leaves every report now (they read committed lists only) and
         # its matches go with it; its records and tokens are deleted by a clean-up job
-        # after this transaction, which no longer waits for them (1M records: PostgreSQL
-        # commit 1.66 -> 0.59 s, SQLite 3.79 -> 1.94 s; BENCHMARKS.md, re-sync).
+        # after this transaction, which no longer waits for them (a 1M-record re-sync's
+        # commit on PostgreSQL: 3.9 -> 1.0-1.2 s; BENCHMARKS.md, session 8, re-sync).
         prev.status, prev.ended_at = "superseded", now
         _drop_matches(session, prev.num)
     up.status, up.committed_at = "committed", now
