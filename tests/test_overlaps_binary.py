@@ -258,14 +258,15 @@ def test_cursors_refuse_what_the_pages_refuse(client, tenants, mapped):  # noqa:
 class _Escrow:
     """Serves a report of `n` pages of one item each; page k's cursor is "c{k}"."""
 
-    def __init__(self, n: int, lie_at: int | None = None) -> None:
+    def __init__(self, n: int, lie_at: int | None = None, planned: int | None = None) -> None:
         self.n, self.lie_at = n, lie_at
+        self.planned = n if planned is None else planned  # pages the cursor plan knows of
         self.asked: list[str | None] = []
         self.pid = uuid.uuid4()
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         if request.url.path.endswith("/cursors"):
-            cursors = [None] + [f"c{k}" for k in range(1, self.n)]
+            cursors = [None] + [f"c{k}" for k in range(1, self.planned)]
             return httpx.Response(
                 200,
                 json={
@@ -304,6 +305,18 @@ def test_pages_in_flight_notice_a_report_that_changed() -> None:
         for page in _sdk(escrow).iter_raw_overlap_pages(escrow.pid, in_flight=2):
             got.append(page.items[0].ref)
     assert got == ["r0", "r1"]
+
+
+@pytest.mark.parametrize("planned", [1, 3])
+def test_pages_in_flight_notice_a_report_that_grew_after_the_plan(planned: int) -> None:
+    """The plan was made before a match job committed: its last page is not the report's
+    last, and the report must not end there as if it were complete."""
+    escrow = _Escrow(5, planned=planned)
+    got = []
+    with pytest.raises(blindmap.BlindmapError, match="changed while it was fetched"):
+        for page in _sdk(escrow).iter_raw_overlap_pages(escrow.pid, in_flight=2):
+            got.append(page.items[0].ref)
+    assert got == [f"r{k}" for k in range(planned - 1)]
 
 
 def test_pages_in_flight_stop_early() -> None:

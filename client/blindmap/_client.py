@@ -624,7 +624,11 @@ def _pages_at(
                 nxt = next(todo, _DONE)
                 if nxt is not _DONE:
                     pending.append(pool.submit(fetch, nxt))  # type: ignore[arg-type]
-                if k + 1 < len(cursors) and page.next_cursor != cursors[k + 1]:
+                # the last planned page must be the report's last: a report that grew
+                # after the plan (a match job committed in between) would otherwise end
+                # early, silently, at the plan's last page
+                expected = cursors[k + 1] if k + 1 < len(cursors) else None
+                if page.next_cursor != expected:
                     raise BlindmapError(
                         "the overlaps report changed while it was fetched (a list was "
                         "re-synced or replaced): run it again"
