@@ -564,7 +564,10 @@ def run_blindmap(
                     side = {slug: sync_side(slug, p) for slug, p in sides}
                 t_synced = time.perf_counter()
                 cpu_sync = server.cpu_s() - cpu0
-                match_wall = bi.wait_match(http, keys["globex"], pid, 600)
+                # until both companies' match jobs are done: the one that joined the pair
+                # may be either (a report planned before it committed would be refused)
+                waits = [bi.wait_match(http, keys[slug], pid, 600) for slug in ("globex", "acme")]
+                match_wall = None if None in waits else time.perf_counter() - t_synced
                 t_matched = time.perf_counter()
                 rep = run_worker(
                     "report",
