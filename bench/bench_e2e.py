@@ -657,7 +657,7 @@ def run_resync(
     ended = s.pop("ended_at")  # the worker's exit is not the commit's end: time from here
     h = {"Authorization": f"Bearer {api_key}"}
     match_s = drops_s = None
-    with _JobsTable(url) as jobs:
+    with bi._session(url) as session:
         while time.time() - ended < timeout and (match_s is None or drops_s is None):
             if match_s is None:
                 st = http.get(f"/v1/partnerships/{pid}/status", headers=h)
@@ -666,10 +666,10 @@ def run_resync(
                     raise RuntimeError("the re-sync's match job failed")
                 if state_now == "done":
                     match_s = time.time() - ended
-            if drops_s is None and jobs.pending("drop_upload") == 0:
+            if drops_s is None and not bi.pending(bi.jobs_by_status(session, "drop_upload")):
                 drops_s = time.time() - ended
             time.sleep(0.05)
-        drops = jobs.by_status("drop_upload")
+        drops = bi.jobs_by_status(session, "drop_upload")
     cpu = spent.stop()
     return {
         "sync": s,
@@ -683,48 +683,6 @@ def run_resync(
         "drops_done_s": drops_s if drops else None,
         "cpu": cpu,
     }
-
-
-class _JobsTable:
-    """One connection to the benchmark database for polling the jobs table (autocommit:
-    each query sees what is committed then)."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-
-    def __enter__(self) -> _JobsTable:
-        if self.url.startswith("sqlite"):
-            import sqlite3
-
-            self.con: Any = sqlite3.connect(
-                self.url.split("///", 1)[1], isolation_level=None, timeout=30
-            )
-            self.mark = "?"
-        else:
-            import psycopg
-
-            dsn = self.url.replace("postgresql+psycopg://", "postgresql://")
-            self.con = psycopg.connect(dsn, autocommit=True)
-            self.mark = "%s"
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.con.close()
-
-    def pending(self, kind: str) -> int:
-        row = self.con.execute(
-            f"SELECT count(*) FROM jobs WHERE kind = {self.mark} AND status IN"
-            " ('queued', 'running')",
-            (kind,),
-        ).fetchone()
-        return int(row[0])
-
-    def by_status(self, kind: str) -> dict[str, int]:
-        rows = self.con.execute(
-            f"SELECT status, count(*) FROM jobs WHERE kind = {self.mark} GROUP BY status",
-            (kind,),
-        ).fetchall()
-        return {str(st): int(n) for st, n in rows}
 
 
 def run_plain(

@@ -260,6 +260,24 @@ def match_job_times(url: str) -> list[float]:
         return [t for t in map(_job_seconds, jobs) if t is not None]
 
 
+def jobs_by_status(session: Any, kind: str) -> dict[str, int]:
+    """How many jobs of `kind` are in each status (a session of `_session`, polled)."""
+    from sqlalchemy import func, select
+
+    from service.models import Job
+
+    rows = session.execute(
+        select(Job.status, func.count()).where(Job.kind == kind).group_by(Job.status)
+    ).all()
+    session.rollback()  # end the read: on SQLite a transaction holds the write lock
+    return {str(status): int(n) for status, n in rows}
+
+
+def pending(counts: dict[str, int]) -> int:
+    """Jobs still to run in a `jobs_by_status` answer."""
+    return counts.get("queued", 0) + counts.get("running", 0)
+
+
 def _job_seconds(job: Any) -> float | None:
     if job.finished_at and job.locked_at:
         return float((job.finished_at - job.locked_at).total_seconds())
