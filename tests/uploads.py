@@ -99,8 +99,7 @@ def upload(
 
 def wait_jobs(app, timeout: float = 20.0) -> None:
     """Run queued jobs now (the embedded worker may also be running them)."""
-    import service.overlap.service  # noqa: F401
-    from service import jobs
+    from service import jobs  # drain() registers the handlers
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
