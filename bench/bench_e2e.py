@@ -394,11 +394,18 @@ def run_worker(mode: str, **spec: Any) -> dict[str, Any]:
     `cpu_s` in it is the process's user + system CPU from os.wait4's rusage (with the
     processes it waited for: sync's normalizing pool): the worker's alone, where the
     harness's RUSAGE_CHILDREN would also take in the escrow once it is stopped."""
-    cmd = [sys.executable, "-m", "bench.bench_e2e", "--worker", mode, json.dumps(spec)]
+    # The spec (API keys, private keys) goes in on stdin: a command line is visible to
+    # every user of the machine in `ps`.
+    cmd = [sys.executable, "-m", "bench.bench_e2e", "--worker", mode]
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=err)
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=out, stderr=err, text=True
+        )
         cpu: float | None = None
         try:
+            assert proc.stdin is not None
+            with proc.stdin:
+                proc.stdin.write(json.dumps(spec))
             if hasattr(os, "wait4"):
                 _, status, ru = os.wait4(proc.pid, 0)
                 proc.returncode = os.waitstatus_to_exitcode(status)
@@ -1032,7 +1039,7 @@ def _resync_median(rs: list[dict[str, Any]]) -> dict[str, Any]:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--worker"]:
-        mode, spec = sys.argv[2], json.loads(sys.argv[3])
+        mode, spec = sys.argv[2], json.loads(sys.stdin.read())
         print(json.dumps(WORKERS[mode](spec)), flush=True)
     else:
         main(sys.argv[1:])
