@@ -11,20 +11,17 @@ from pathlib import Path
 import pytest
 
 from bench import bench_e2e
+from bench import bench_ingest as bi
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
 
 
 def _children_cmdlines(parent: int) -> list[bytes]:
     out = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
+    for pid in bi._children(parent):
         try:
-            stat = (d / "stat").read_text()
-            if int(stat.rsplit(")", 1)[1].split()[1]) == parent:
-                out.append((d / "cmdline").read_bytes())
-        except (OSError, ValueError, IndexError):
+            out.append(Path(f"/proc/{pid}/cmdline").read_bytes())
+        except OSError:
             continue  # gone meanwhile
     return out
 
