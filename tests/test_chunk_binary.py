@@ -356,3 +356,14 @@ def test_fast_path_agrees_with_the_checked_loop(monkeypatch: pytest.MonkeyPatch)
         assert _outcome(body, wants_partner=wants, copy_rows=True) == checked, body
         monkeypatch.setattr(ingest, "_binary_fast", lambda *a, **k: False)
     assert 2 < fast < len(mutated)  # both outcomes occur
+
+
+def test_plaintext_ref_check_agrees_with_the_regex() -> None:
+    """The fast path's check of a chunk's joined refs (no regex for ASCII) finds exactly
+    what `_PLAINTEXT` finds, for every character of the Basic Multilingual Plane alone and
+    inside hex refs, ASCII or not."""
+    for c in map(chr, range(0x10000)):
+        for text in (c, f"0a1b\x00{c}\x00ff", f"{c}é"):
+            assert ingest._has_plaintext_chars(text) == bool(ingest._PLAINTEXT.search(text)), hex(
+                ord(c)
+            )

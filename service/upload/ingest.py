@@ -47,6 +47,8 @@ KIND_NAMES = {v: k for k, v in KIND_CODES.items()}
 CHUNK_SLOT = 1_000_000
 _MIN_SEALED = 12 + 16  # nonce + GCM tag
 _PLAINTEXT = re.compile(r"[@.]|\s")
+# The ASCII characters _PLAINTEXT matches: '@', '.', and what `str.isspace` calls space.
+_PLAINTEXT_ASCII = "@. \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f"
 _B64URL = re.compile(r"^[A-Za-z0-9_-]*$")
 _RECORD_KEYS = frozenset({"ref", "tokens", "self", "partner"})
 _TOKEN_KEYS = frozenset({"kind", "value"})
@@ -560,8 +562,17 @@ def _binary_fast(
         len(unique) != count
         or "" in unique
         or max(map(len, unique), default=0) > MAX_REF_CHARS
-        or _PLAINTEXT.search("\x00".join(refs))  # NUL is neither '@', '.' nor a space
+        or _has_plaintext_chars("\x00".join(refs))  # NUL is neither '@', '.' nor a space
     )
+
+
+def _has_plaintext_chars(text: str) -> bool:
+    """`_PLAINTEXT.search(text)`, answered for ASCII text by one substring scan per
+    character: over a chunk's joined refs that is ~70x faster than the regex, which had
+    been a sixth of the binary parser's time."""
+    if text.isascii():
+        return any(map(text.__contains__, _PLAINTEXT_ASCII))
+    return _PLAINTEXT.search(text) is not None
 
 
 # ---------------------------------------------------------------------- storage
