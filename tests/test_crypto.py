@@ -686,3 +686,15 @@ def test_open_or_none_agrees_with_open(plain: bytes, opens: bool) -> None:
     assert sealer.open_or_none(aad, blob[:-1] + bytes([blob[-1] ^ 1])) is None
     assert sealer.open_or_none(b"other", blob) is None
     assert sealer.open_or_none(aad, blob[:27]) is None
+
+
+def test_needs_escape_agrees_with_the_regex() -> None:
+    """`FlatFields.encode_columns` asks `_needs_escape` whether a joined column may go
+    between quotes as it is: it must find exactly what `_NEEDS_ESCAPE` (the characters
+    `encode_basestring` escapes) finds, for every character of the Basic Multilingual
+    Plane, alone and inside other text."""
+    for c in map(chr, range(0x10000)):
+        for text in (c, f"acme.co.uk{c}é", f"{c}Acme GmbH"):
+            assert crypto._needs_escape(text) == bool(crypto._NEEDS_ESCAPE.search(text)), hex(
+                ord(c)
+            )
