@@ -540,11 +540,13 @@ def test_unavailable_field_and_bad_kinds_refused(tmp_path: Path, pair: Any) -> N
         list(bsync.build_upload(read, "customers", sealed_fields=[], token_kinds=["name"], **kw))
 
 
+@pytest.mark.parametrize("fmt", ["ndjson", "binary"])
 def test_chunks_and_digest_are_deterministic_given_nonces(
-    tmp_path: Path, pair: Any, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, pair: Any, monkeypatch: pytest.MonkeyPatch, fmt: str
 ) -> None:
     me, other, pid = pair
     read = _read_simple(tmp_path, 40)
+    head = 8 if fmt == "binary" else 0  # a binary chunk's magic and record count
 
     def build(**over: Any) -> list[bsync.Chunk]:
         monkeypatch.setattr(crypto, "_random_nonces", counting_nonces())
@@ -553,6 +555,7 @@ def test_chunks_and_digest_are_deterministic_given_nonces(
             "self_key": crypto.self_key(me),
             "sealed_fields": ["name"],
             "chunk_size": 16,
+            "chunk_format": fmt,
         }
         kw.update(over)
         return list(bsync.build_upload(read, "customers", **kw))
@@ -568,7 +571,10 @@ def test_chunks_and_digest_are_deterministic_given_nonces(
     small = build(max_chunk_bytes=2_000)
     assert len(small) > len(one) and [c.n for c in small] == list(range(len(small)))
     assert all(len(c.body) <= 2_000 for c in small)
-    assert b"".join(c.body for c in small) == b"".join(c.body for c in one)
+    assert b"".join(c.body[head:] for c in small) == b"".join(c.body[head:] for c in one)
+    assert sum(c.records for c in small) == sum(c.records for c in one) == 40
+    if fmt == "binary":
+        assert all(bsync.binary_chunk_records(c.body) == c.records for c in small)
 
 
 def test_parallel_build_same_records_fresh_nonces(tmp_path: Path, pair: Any) -> None:
