@@ -30,7 +30,10 @@ class BinaryPageError(ValueError):
     """A binary page that does not follow docs/protocol.md §9.1 (names the byte offset)."""
 
 
-@dataclass(frozen=True, slots=True)
+# The two per-item shapes below are not frozen: a decoded 1M report makes 155k of each,
+# and a frozen dataclass's __init__ (object.__setattr__ per field) costs twice a plain
+# one's (≈ 1.0 against 0.55 µs for five fields: ≈ 0.15 s per 155k-item report).
+@dataclass(slots=True)
 class RawPartnerRecord:
     """`protocol.PartnerRecord` with `sealed` as bytes."""
 
@@ -41,7 +44,7 @@ class RawPartnerRecord:
     withheld: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RawOverlapItem:
     """`protocol.OverlapItem` with `self_sealed` as bytes."""
 
