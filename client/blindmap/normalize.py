@@ -193,8 +193,11 @@ _SPECIAL_USE_TLDS: Final = frozenset(
 
 # Plain ASCII `[http[s]://][user@]host[.][:port][/path][?query|#fragment]` cells skip the
 # general parser; tests check both paths agree. No wrapping punctuation, separators or `\`.
+# The user part is possessive (`++`): its class has no `@`, so only its longest run can
+# end at one, and giving back characters one by one after a cell without `@` only cost
+# time (1.77 -> 1.48 µs per cell on 200k bench websites, the same matches).
 _FAST_PATH: Final = re.compile(
-    r"(?:[Hh][Tt][Tt][Pp][Ss]?://)?(?:[A-Za-z0-9._%+-]+@)?"
+    r"(?:[Hh][Tt][Tt][Pp][Ss]?://)?(?:[A-Za-z0-9._%+-]++@)?"
     r"([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)\.?(?::[0-9]*)?"
     r"(/[^?#\s,;|\\<>()\"'`]*)?([?#][^\s,;|\\<>()\"'`]*)?",
     re.ASCII,
