@@ -257,6 +257,10 @@ class UploadChunk(Base):
     # merges index scans when an upload's chunks follow one another (migration 0011).
     token_min: Mapped[bytes | None] = mapped_column(LargeBinary(17))
     token_max: Mapped[bytes | None] = mapped_column(LargeBinary(17))
+    # 8 bytes per record, a print of its ref (service/upload/ingest.py `ref_prints`): the
+    # commit looks for repeated refs in these instead of in `records` (migration 0012).
+    # Deferred: 80 KB per 10k-record chunk, read by the commit only.
+    ref_prints: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
 
 
 # Records, tokens and matches are written in bulk (COPY / executemany) through Core.

@@ -367,3 +367,31 @@ def test_plaintext_ref_check_agrees_with_the_regex() -> None:
             assert ingest._has_plaintext_chars(text) == bool(ingest._PLAINTEXT.search(text)), hex(
                 ord(c)
             )
+
+
+def test_ref_prints_are_a_function_of_each_ref() -> None:
+    """A chunk's ref prints (what the commit checks for repeats) are each ref's own print,
+    whatever else the chunk holds: one fast call for the SDK's hex refs, the same bytes
+    as ref by ref for every other shape (upper-case hex, short, not hex, whitespace,
+    non-ASCII)."""
+    sdk = [hashlib.sha256(str(i).encode()).hexdigest()[:32] for i in range(200)]
+    odd = [
+        "0123456789ABCDEF" + "x",
+        "0123456789abcdef",  # exactly 16 hex digits
+        "0123456789abcde",  # 15
+        "crm-000123",
+        "0123456789abcde f0123",  # fromhex would skip the space
+        "é" * 20,
+        "0123456789abcdeg" + "0" * 16,
+    ]
+    for refs in (sdk, odd, sdk[:50] + odd + sdk[50:]):
+        got = ingest.ref_prints(refs)
+        assert got == b"".join(ingest.ref_prints([r]) for r in refs)
+        assert got == b"".join(map(ingest._ref_print, refs))
+    assert ingest.ref_prints(sdk) == b"".join(bytes.fromhex(r[:16]) for r in sdk)
+    assert ingest.ref_prints([]) == b""
+    # upper and lower case hex share a print (the exact query then tells them apart);
+    # everything not hex is hashed whole
+    assert ingest._ref_print("ABCDEF0123456789") == ingest._ref_print("abcdef0123456789")
+    assert ingest._ref_print("crm-1") != ingest._ref_print("crm-2")
+    assert len({len(ingest._ref_print(r)) for r in odd}) == 1

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import event, func, select, update
 
-from service.models import Job, Upload, matches, records, tokens, utcnow
+from service.models import Job, Upload, UploadChunk, matches, records, tokens, utcnow
 from tests.conftest import partner_up
 from tests.uploads import b64, manifest, match_pairs, ndjson, record, upload, wait_jobs
 
@@ -266,6 +267,63 @@ def test_duplicate_ref_across_chunks(client, tenants, pair):
     got = client.get(f"/v1/uploads/{up['id']}", headers=h).json()
     assert got["status"] == "staged"  # nothing was committed; abort and upload again
     assert client.delete(f"/v1/uploads/{up['id']}", headers=h).status_code == 204
+
+
+@pytest.mark.parametrize("case", ["repeated", "shared print", "no prints"])
+def test_refs_across_chunks_are_checked_by_their_prints(client, tenants, app, pair, case):
+    """The commit looks for repeats among the chunks' ref prints (8 bytes per ref); only
+    two equal prints, or a chunk without prints (received before migration 0012), send
+    it to the exact query over `records`."""
+    h = tenants.a.headers("uploader")
+    ref = "0123456789abcdef" * 2  # the SDK's shape: 32 hex digits
+    other = ref if case != "shared print" else ref[:16] + "f" * 16
+    c0, c1 = ndjson([record(ref, [1]), record("a" * 32, [3])]), ndjson([record(other, [2])])
+    up = client.post(
+        f"/v1/partnerships/{pair}/uploads",
+        headers=h,
+        json=manifest(client, tenants.a, pair, "customers", [c0, c1], 3),
+    ).json()
+    for n, c in enumerate((c0, c1)):
+        r = client.put(f"/v1/uploads/{up['id']}/chunks/{n}", content=c, headers={**h, **CT})
+        assert r.status_code == 200, r.text
+    num = select(Upload.num).where(Upload.id == uuid.UUID(up["id"])).scalar_subquery()
+    with app.state.sessionmaker.begin() as s:
+        if case == "no prints":
+            s.execute(
+                update(UploadChunk).where(UploadChunk.upload_num == num).values(ref_prints=None)
+            )
+        prints = s.execute(select(UploadChunk.ref_prints).where(UploadChunk.upload_num == num))
+        assert all((p is None) == (case == "no prints") for (p,) in prints)
+    r = client.post(f"/v1/uploads/{up['id']}/commit", headers=h)
+    if case == "shared print":  # two refs, one print: the exact query finds no repeat
+        assert r.status_code == 200, r.text
+        return
+    assert r.status_code == 422, r.text
+    assert r.json()["errors"][0]["chunks"] == [0, 1]
+    assert f"'{ref}' appears in chunks 0 and 1" in r.json()["detail"]
+
+
+def test_unique_refs_commit_without_reading_records(client, tenants, app, pair):
+    """Refs whose prints all differ are unique: the commit reads no ref from `records`."""
+    seen: list[str] = []
+
+    def spy(conn, cursor, statement, *args):
+        seen.append(statement)
+
+    engine = app.state.sessionmaker.kw["bind"]
+    refs = [hashlib.sha256(str(i).encode()).hexdigest()[:32] for i in range(30)]
+    recs = [record(r, [i]) for i, r in enumerate(refs)]
+    up, _ = upload(
+        client, tenants.a, pair, "customers", [], records=recs, chunk_size=7, commit=False
+    )
+    event.listen(engine, "before_cursor_execute", spy)
+    try:
+        r = client.post(f"/v1/uploads/{up['id']}/commit", headers=tenants.a.headers("uploader"))
+    finally:
+        event.remove(engine, "before_cursor_execute", spy)
+    assert r.status_code == 200, r.text
+    assert any("ref_prints" in s for s in seen)
+    assert not [s for s in seen if "FROM records" in s and "ref" in s.split("FROM records")[0]]
 
 
 def test_manifest_guards(client, tenants, pair, app):

@@ -151,10 +151,14 @@ def run_match(session: Session, job: Job) -> None:
         # report queries then pick plans 4x slower (1000-record overlaps page: 200 ms
         # instead of 50 ms at 1M). The reports join and filter records only on
         # (upload_num, seq), and a sample of 3,000 rows (statistics target 10) tells the
-        # planner all it uses: 0.02 s instead of 0.2-0.45 s for the default 30,000 (2M
-        # records), which read pages all over a table of sealed payloads.
+        # planner all it uses, for `matches`. For `records` the sample is 300 rows (target
+        # 1): each sampled row is a read of a page somewhere in a table of sealed payloads
+        # bigger than shared_buffers (3,000 rows: 0.2 s at 1M x 1M, on the match's
+        # critical path; 300: ≈ 0.02 s), and all the reports take from it is the row count
+        # and that `(upload_num, seq)` is the key: the overlaps page plan is the same.
         session.execute(text("SET LOCAL default_statistics_target = 10"))
         session.execute(text("ANALYZE matches"))
+        session.execute(text("SET LOCAL default_statistics_target = 1"))
         session.execute(text("ANALYZE records (upload_num, seq)"))
 
 

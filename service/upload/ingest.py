@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import itertools
 import re
 import struct
@@ -50,6 +51,7 @@ _PLAINTEXT = re.compile(r"[@.]|\s")
 # The ASCII characters _PLAINTEXT matches: '@', '.', and what `str.isspace` calls space.
 _PLAINTEXT_ASCII = "@. \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f"
 _B64URL = re.compile(r"^[A-Za-z0-9_-]*$")
+_HEX16 = re.compile(r"[0-9A-Fa-f]{16}")
 _RECORD_KEYS = frozenset({"ref", "tokens", "self", "partner"})
 _TOKEN_KEYS = frozenset({"kind", "value"})
 # base64url → standard alphabet for binascii; the standard alphabet's own '+', '/' and
@@ -704,13 +706,63 @@ def store(session: Session, chunk: ParsedChunk) -> None:
 # ----------------------------------------------------------------------- commit
 
 
+def ref_prints(refs: list[str]) -> bytes:
+    """8 bytes per ref, in order, that the commit checks for repeats (`upload_chunks.
+    ref_prints`): the ref's first 16 hex digits, or 8 bytes of its BLAKE2b when it does
+    not start with 16 hex digits. A function of the ref alone, so a ref repeated in two
+    chunks repeats its print; two refs may share one (then the exact query decides). The
+    SDK's refs (32 hex digits of an HMAC) take one `bytes.fromhex` per chunk: 0.1 µs per
+    ref."""
+    if refs and min(map(len, refs)) >= 16:
+        try:
+            out = bytes.fromhex("".join([r[:16] for r in refs]))
+        except ValueError:
+            out = b""
+        # fromhex skips ASCII whitespace: the full length means 16 digits from every ref
+        if len(out) == 8 * len(refs):
+            return out
+    return b"".join(map(_ref_print, refs))
+
+
+def _ref_print(ref: str) -> bytes:
+    head = ref[:16]
+    if _HEX16.fullmatch(head):
+        return bytes.fromhex(head)
+    return hashlib.blake2b(ref.encode(), digest_size=8).digest()
+
+
+def _prints_unique(session: Session, upload_num: int, records: int) -> bool | None:
+    """Whether the upload's ref prints are all different (then so are its refs); None
+    when a chunk has none (received before migration 0012)."""
+    prints = (
+        session.connection()
+        .execute(
+            text("SELECT ref_prints FROM upload_chunks WHERE upload_num = :n"), {"n": upload_num}
+        )
+        .scalars()
+        .all()
+    )
+    if any(p is None for p in prints):
+        return None
+    data = b"".join(prints)
+    if len(data) != 8 * records:
+        return None
+    # one set of 64-bit ints: 0.2 s and ~60 MB at 1M refs, where the aggregate over
+    # `records` read every sealed payload of the upload (0.5-1.0 s)
+    return len(set(memoryview(data).cast("Q"))) == records
+
+
 def check_refs_unique(session: Session, upload_num: int, records: int) -> None:
     """422 when a ref appears in two chunks of the upload (each chunk's own refs were
-    checked when it arrived). One aggregate over the upload's refs at commit instead of
-    a unique index that every chunk updates in random order; the refs that repeat are
+    checked when it arrived). The chunks' ref prints first (:func:`ref_prints`); when two
+    prints are equal, or a chunk has none, one aggregate over the upload's refs instead
+    of a unique index that every chunk updates in random order; the refs that repeat are
     looked up only when there are some."""
+    unique = _prints_unique(session, upload_num, records)
+    if unique:
+        return
     conn = session.connection()
-    if conn.dialect.name == "postgresql":
+    if unique is None and conn.dialect.name == "postgresql":
         # Count distinct 64-bit hashes of the refs: sorting 1M integers in memory takes
         # about half the time of sorting the 1M strings (even in byte order, "C", which
         # itself was 3-4x faster than the collation; the strings also spilled to disk at

@@ -248,6 +248,7 @@ def put_chunk(
         records=len(parsed),
         token_min=min(keys, default=None),
         token_max=max(keys, default=None),
+        ref_prints=ingest.ref_prints(parsed.refs),
     )
     try:
         with session.begin_nested():
