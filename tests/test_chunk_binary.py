@@ -395,3 +395,25 @@ def test_ref_prints_are_a_function_of_each_ref() -> None:
     assert ingest._ref_print("ABCDEF0123456789") == ingest._ref_print("abcdef0123456789")
     assert ingest._ref_print("crm-1") != ingest._ref_print("crm-2")
     assert len({len(ingest._ref_print(r)) for r in odd}) == 1
+
+
+def test_all_different_finds_every_repeated_print() -> None:
+    """The commit's check of the ref prints (a bitmap of their top bits, then the prints
+    that share top bits compared whole) says what a set of them says."""
+    import random
+
+    rnd = random.Random(7)
+    base = [rnd.getrandbits(64) for _ in range(50_000)]
+
+    def check(values: list[int]) -> None:
+        data = struct.pack(f"={len(values)}Q", *values)
+        assert ingest._all_different(data) == (len(set(values)) == len(values))
+
+    check(base)
+    check([])
+    check(base + [base[123]])  # a repeat
+    check(base + [base[-1] ^ 1])  # same top bits, different print
+    high = [v >> 38 << 38 for v in base[:2000]]  # few distinct top bits
+    check(high)
+    check(high + [v | 5 for v in high])
+    check([v | 1 << 37 for v in base] + base)
