@@ -411,8 +411,8 @@ def test_all_different_finds_every_repeated_print() -> None:
 
     check(base)
     check([])
-    check(base + [base[123]])  # a repeat
-    check(base + [base[-1] ^ 1])  # same top bits, different print
+    check([*base, base[123]])  # a repeat
+    check([*base, base[-1] ^ 1])  # same top bits, different print
     high = [v >> 38 << 38 for v in base[:2000]]  # few distinct top bits
     check(high)
     check(high + [v | 5 for v in high])

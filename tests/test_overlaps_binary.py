@@ -298,6 +298,27 @@ def test_pages_in_flight_come_in_order() -> None:
     assert sorted(escrow.asked, key=str) == sorted([None] + [f"c{k}" for k in range(1, 9)], key=str)
 
 
+def test_the_first_page_is_asked_for_while_the_plan_is_made() -> None:
+    """The plan (the escrow's page-ends query) and the first page, which starts at the
+    beginning whatever the plan says, are requested at once: this escrow answers the plan
+    only once the first page has been asked for."""
+    import threading
+
+    escrow = _Escrow(3)
+    first_asked = threading.Event()
+
+    def slow_plan(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/cursors"):
+            assert first_asked.wait(10), "the first page waited for the plan"
+        elif request.url.params.get("cursor") is None:
+            first_asked.set()
+        return escrow(request)
+
+    pages = list(_sdk(slow_plan).iter_raw_overlap_pages(escrow.pid, in_flight=2))
+    assert [p.items[0].ref for p in pages] == ["r0", "r1", "r2"]
+    assert escrow.asked.count(None) == 1
+
+
 def test_pages_in_flight_notice_a_report_that_changed() -> None:
     escrow = _Escrow(5, lie_at=2)
     got = []

@@ -471,11 +471,11 @@ class Client:
         in_flight: int = 1,
     ) -> Iterator[binary_pages.RawOverlapPage]:
         """`iter_overlap_pages` with binary pages (`report_overlaps_raw`). With
-        `in_flight` > 1 the cursor of every page is asked for first
-        (`report_overlap_cursors`) and that many pages are requested at once, while the
-        caller handles the page before them: the escrow builds them side by side. Pages
-        still come in order; a report that changed meanwhile (a list re-synced) raises
-        :class:`BlindmapError`."""
+        `in_flight` > 1 the cursor of every page is asked for
+        (`report_overlap_cursors`) while the first page is fetched, and then that many
+        pages are requested at once, while the caller handles the page before them: the
+        escrow builds them side by side. Pages still come in order; a report that changed
+        meanwhile (a list re-synced) raises :class:`BlindmapError`."""
 
         def fetch(cursor: str | None) -> binary_pages.RawOverlapPage:
             return self.report_overlaps_raw(
@@ -484,15 +484,18 @@ class Client:
 
         if in_flight <= 1:
             return _pages(fetch, read_ahead=read_ahead)
-        try:
-            plan = self.report_overlap_cursors(
-                partnership_id, mine=mine, theirs=theirs, limit=limit
-            )
-        except NotFoundError:
-            # an escrow without the cursors route (or a 404 the first page repeats with
-            # its own message): page by page instead
-            return _pages(fetch, read_ahead=True)
-        return _pages_at(fetch, plan.cursors, in_flight)
+
+        def plan() -> list[str | None] | None:
+            try:
+                return self.report_overlap_cursors(
+                    partnership_id, mine=mine, theirs=theirs, limit=limit
+                ).cursors
+            except NotFoundError:
+                # an escrow without the cursors route (or a 404 the first page repeats
+                # with its own message): page by page instead
+                return None
+
+        return _pages_at(fetch, plan, in_flight)
 
     def iter_overlap_pages(
         self,
@@ -602,18 +605,29 @@ def _report_params(limit: int, **filters: str | None) -> dict[str, Any]:
 
 def _pages_at(
     fetch: Callable[[str | None], binary_pages.RawOverlapPage],
-    cursors: list[str | None],
+    plan: Callable[[], list[str | None] | None],
     in_flight: int,
 ) -> Iterator[binary_pages.RawOverlapPage]:
-    """The pages that start at `cursors`, in order, `in_flight` requested at once; each
-    page must end where the next one starts."""
+    """The pages that start at the cursors `plan` gives, in order, `in_flight` requested
+    at once; each page must end where the next one starts. A report's first page starts
+    at its beginning (cursor None): it is requested while the plan is made, which takes
+    the escrow about as long as a page (≈ 0.2 s at 1M x 1M). No plan (None): the pages
+    one after the other, each with the next one's request ahead."""
     from collections import deque
     from concurrent.futures import Future, ThreadPoolExecutor
 
     with ThreadPoolExecutor(in_flight, thread_name_prefix="blindmap-page") as pool:
         pending: deque[Future[binary_pages.RawOverlapPage]] = deque()
-        todo = iter(cursors)
+        pending.append(pool.submit(fetch, None))
         try:
+            cursors = plan()
+            if cursors is None:
+                pending.popleft().cancel()
+                yield from _pages(fetch, read_ahead=True)
+                return
+            if not cursors or cursors[0] is not None:  # not the escrow's plan: as it is
+                pending.popleft().cancel()
+            todo = iter(cursors[len(pending) :])
             for cursor in todo:
                 pending.append(pool.submit(fetch, cursor))
                 if len(pending) >= in_flight:

@@ -180,6 +180,11 @@ def overlap_page(
         ):
             found[my_seq].append((their_num, ref, sealed))
         return [(s, recs[s][0], recs[s][1], found[s]) for s in seqs]
+    # Each partner record of a page is looked up once (unless two of my records match it),
+    # so the Memoize node the planner puts before those lookups misses every time and only
+    # costs: 10,000-record page at 1M x 1M, 55-64 ms with it, 49 ms without.
+    conn = session.connection()
+    conn.exec_driver_sql("SET LOCAL enable_memoize = off")
     rows = _OVERLAP_PAGE_PG[sides.mine_is_a].rows(
         session,
         {
@@ -189,6 +194,7 @@ def overlap_page(
             "limit": limit,
         },
     )
+    conn.exec_driver_sql("RESET enable_memoize")
     out: list[OverlapRow] = []
     for seq, ref, self_sealed, their_num, their_ref, sealed in rows:
         if not out or out[-1][0] != seq:
