@@ -89,6 +89,9 @@ class ParsedChunk:
     token_seqs: list[int] = field(default_factory=list)
     # The records' rows of a PostgreSQL binary COPY, when the parser built them as it
     # went (binary chunks for PostgreSQL); else :func:`record_copy_pieces` builds them.
+    # With them, `self_sealed` and `partner_sealed` stay empty: the rows hold the
+    # payloads, and keeping a second reference to each one's slice cost the parser a
+    # fifth of its time (0.19 of 1.0 µs per record, BENCHMARKS.md session 11).
     record_copy: bytearray | None = None
 
     def __len__(self) -> int:
@@ -102,7 +105,10 @@ class ParsedChunk:
 
     @property
     def record_rows(self) -> list[tuple[Any, ...]]:
-        """The rows as tuples (for tests and debugging; storage uses the columns)."""
+        """The rows as tuples (for tests and debugging; storage uses the columns, or the
+        COPY rows when the parser laid them out)."""
+        if self.record_copy is not None:
+            return _copy_record_rows(self.record_copy)
         pid, up = self.partnership_id, self.upload_num
         return [
             (up, self.base + i, pid, ref, s, p)
@@ -115,6 +121,34 @@ class ParsedChunk:
     def token_rows(self) -> list[tuple[Any, ...]]:
         keys, seqs, pid, up = self.token_keys, self.token_seqs, self.partnership_id, self.upload_num
         return [(up, keys[i][0], keys[i][1:], seqs[i], pid) for i in self.token_order()]
+
+
+def _copy_record_rows(buf: bytes | bytearray) -> list[tuple[Any, ...]]:
+    """The records' rows read back from their binary COPY rows (tests, debugging)."""
+    rows: list[tuple[Any, ...]] = []
+    o = 0
+    while o < len(buf):
+        (count,) = struct.unpack_from(">h", buf, o)
+        o += 2
+        fields: list[bytes | None] = []
+        for _ in range(count):
+            (ln,) = struct.unpack_from(">i", buf, o)
+            o += 4
+            fields.append(None if ln < 0 else bytes(buf[o : o + ln]))
+            o += max(ln, 0)
+        up, seq, pid, ref, self_sealed, partner_sealed = fields
+        assert up is not None and seq is not None and pid is not None and ref is not None
+        rows.append(
+            (
+                int.from_bytes(up, signed=True),
+                int.from_bytes(seq, signed=True),
+                uuid.UUID(bytes=pid),
+                ref.decode("utf-8"),
+                self_sealed,
+                partner_sealed,
+            )
+        )
+    return rows
 
 
 def _bad(at: int, fld: str, message: str, unit: str = "line") -> errors.Unprocessable:
@@ -527,7 +561,8 @@ def _binary_fast(
             o += ln
             if ln < _MIN_SEALED or ln > max_sealed_bytes or sealed.isascii():
                 return False
-            self_add(sealed)
+            if rows is None:
+                self_add(sealed)
             ln = u32(body, o)[0]
             o += 4
             if ln:
@@ -540,20 +575,21 @@ def _binary_fast(
                     or sealed.isascii()
                 ):
                     return False
-                partner_add(sealed)
-                if rows is not None:
+                if rows is None:
+                    partner_add(sealed)
+                else:
                     rows += head(6, 4, up, 8, seq, 16, pid, 0)
                     rows += body[start:e]
                     rows += body[sealed_at:o]
             elif wants_partner:
                 return False
-            else:
+            elif rows is None:
                 partner_add(None)
-                if rows is not None:
-                    rows += head(6, 4, up, 8, seq, 16, pid, 0)
-                    rows += body[start:e]
-                    rows += body[sealed_at : o - 4]
-                    rows += _PG_NULL
+            else:
+                rows += head(6, 4, up, 8, seq, 16, pid, 0)
+                rows += body[start:e]
+                rows += body[sealed_at : o - 4]
+                rows += _PG_NULL
             seq += 1
     except (IndexError, struct.error, UnicodeDecodeError):
         return False
