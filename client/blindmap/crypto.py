@@ -276,8 +276,8 @@ class _PrekeyedHmacSha256:
 
     Per message one copy of the keyed state, the message and the final compressions:
     no re-hashing of the key's pads. OpenSSL's HMAC state from `cryptography`, copied:
-    0.46 µs per token against 0.51 µs with two copied `hashlib.sha256` pad states
-    (which this replaced) and 1.3 µs for `hmac.digest` (BENCHMARKS.md, session 11).
+    1M domain tokens in 0.51 s against 0.57 s with two copied `hashlib.sha256` pad states
+    (which this replaced); `hmac.digest` takes 1.3 µs per call (BENCHMARKS.md, session 11).
     """
 
     __slots__ = ("_copy",)

@@ -90,8 +90,8 @@ class ParsedChunk:
     # The records' rows of a PostgreSQL binary COPY, when the parser built them as it
     # went (binary chunks for PostgreSQL); else :func:`record_copy_pieces` builds them.
     # With them, `self_sealed` and `partner_sealed` stay empty: the rows hold the
-    # payloads, and keeping a second reference to each one's slice cost the parser a
-    # fifth of its time (0.19 of 1.0 µs per record, BENCHMARKS.md session 11).
+    # payloads, and keeping a second reference to each one's slice cost the parser
+    # 0.96 instead of 0.85 µs per record (BENCHMARKS.md, session 11).
     record_copy: bytearray | None = None
 
     def __len__(self) -> int:
