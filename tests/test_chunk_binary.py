@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import struct
 import uuid
 
@@ -278,7 +279,9 @@ def test_fast_path_agrees_with_the_checked_loop(monkeypatch: pytest.MonkeyPatch)
 
     shared = tok()
     bodies = []
-    for wants_partner in (True, False):
+    # Short refs, and the SDK's 32 hex digits (its records of one token take the fast
+    # loop's one-unpack branch; those of two tokens, the general steps, in the same chunk).
+    for wants_partner, sdk_refs in itertools.product((True, False), (False, True)):
         recs = []
         for i in range(12):
             toks = [("domain", shared if i % 5 == 0 else tok())]
@@ -287,9 +290,10 @@ def test_fast_path_agrees_with_the_checked_loop(monkeypatch: pytest.MonkeyPatch)
             if i % 4 == 0:
                 toks.append(toks[0])  # a repeated token adds nothing
             partner = sealed() if wants_partner else None
-            recs.append(
-                encode_binary_record(f"r{i}-é" if i == 7 else f"r{i}", toks, sealed(), partner)
-            )
+            ref = f"r{i}-é" if i == 7 else f"r{i}"
+            if sdk_refs:
+                ref = f"{rng.getrandbits(128):032x}"
+            recs.append(encode_binary_record(ref, toks, sealed(), partner))
         bodies.append((binary_chunk_body(recs), wants_partner))
     # the valid chunks take the fast path (else this test would compare the loop with itself)
     for body, wants in bodies:
@@ -336,6 +340,15 @@ def test_fast_path_agrees_with_the_checked_loop(monkeypatch: pytest.MonkeyPatch)
         ("ok", toks, rng.randbytes(201), p),
         ("ok", toks, s, rng.randbytes(200)),
         ("ok", toks, b"", p),
+        # the SDK's shape (32-character ref, one token) with one thing wrong
+        ("a@b.com" + "0" * 25, toks, s, p),
+        ("0" * 31 + " ", toks, s, p),
+        ("0" * 32, [("domain", b"example.com-abcd")], s, p),
+        ("0" * 32, [("name", tok())], s, p),  # a name token alone
+        ("0" * 32, toks, b"name=Jane Doe; stage=won, 2026", p),
+        ("0" * 32, toks, s, b"short"),
+        ("0" * 32, toks, b"x" * 27, p),
+        ("0" * 32, toks, s, rng.randbytes(200)),
     ]
     base = [
         encode_binary_record(f"r{i}", [("domain", tok())], sealed(), sealed()) for i in range(5)
