@@ -851,7 +851,7 @@ def build_upload(
             # ref (u16 length, always 32) | tokens | u32 + self | u32 + partner (or 0)
             if partner_sealer is not None:
                 p_len: Iterable[bytes] = map(_U32, map(len, partners))  # type: ignore[arg-type]
-                p_body: Iterable[bytes | None] = partners
+                p_body: Iterable[bytes] = partners  # type: ignore[assignment]  # all sealed
             else:
                 p_len, p_body = repeat(_NO_PARTNER, n), repeat(b"", n)
             if name_tok is None:
