@@ -255,6 +255,10 @@ BINARY_CHUNK = "application/vnd.blindmap.chunk+binary"
 BINARY_CHUNK_MAGIC = b"BMC1"
 BINARY_KIND_CODES = {"domain": 0, "name": 1}
 """Token kind → its one-byte code in binary chunks."""
+SDK_REF_CHARS = 32
+"""Length of the refs the SDK writes (32 hex digits of an HMAC, crypto.RefMaker). Any ref
+up to MAX_REF_CHARS is valid; the escrow's parser reads a record with a ref this long and
+one token in one step, the SDK writes its head in one."""
 Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
 

@@ -713,8 +713,8 @@ _NO_PARTNER: Final = b"\x00\x00\x00\x00"
 # A record's head when its only token is the domain's (docs/protocol.md §8.3): the ref's
 # u16 length and its 32 ASCII hex digits (crypto.RefMaker.refs_ascii), the token count
 # (1), the kind code (0, domain) and the token, the self-sealed payload's u32 length.
-_REF_CHARS: Final = 32
-_DOMAIN_HEAD: Final = struct.Struct(f">H{_REF_CHARS}sBB{crypto.TOKEN_SIZE}sI").pack
+_REF_CHARS: Final = protocol.SDK_REF_CHARS
+_DOMAIN_HEAD: Final = struct.Struct(f">H{_REF_CHARS}sBB{protocol.TOKEN_BYTES}sI").pack
 
 
 def binary_chunk_body(records: Sequence[bytes]) -> bytes:

@@ -36,6 +36,7 @@ from blindmap.protocol import (
     BINARY_KIND_CODES,
     MAX_REF_CHARS,
     MAX_TOKENS_PER_RECORD,
+    SDK_REF_CHARS,
     TOKEN_BYTES,
 )
 from service import errors
@@ -66,9 +67,8 @@ _TEXT_TOKEN = re.compile(rb"[a-z0-9.@_-]{16}")
 _TEXT_BLOB = re.compile(rb"[\t\n\r\x20-\x7e]*")
 _U32 = struct.Struct(">I")
 # The head of a record as the SDK writes it (docs/protocol.md §8.3): a 32-character ref,
-# one token, the self-sealed payload's length. One unpack reads all five fields.
-_SDK_REF_CHARS = 32
-_SDK_HEAD = struct.Struct(f">H{_SDK_REF_CHARS}sB{1 + TOKEN_BYTES}sI")
+# one token (kind byte and value), the self-sealed payload's length, in one unpack.
+_SDK_HEAD = struct.Struct(f">H{SDK_REF_CHARS}sB{1 + TOKEN_BYTES}sI")
 
 
 @dataclass
@@ -528,7 +528,7 @@ def _binary_fast(
     # instead of six index and slice steps (1.22 -> 1.04-1.08 µs per record, BENCHMARKS.md,
     # session 12); records of any other shape take the general steps
     head_end = len(body) - _SDK_HEAD.size
-    sdk_ref, sdk_ref_end, sdk_sealed = _SDK_REF_CHARS, 2 + _SDK_REF_CHARS, _SDK_HEAD.size - 4
+    sdk_ref, sdk_ref_end, sdk_sealed = SDK_REF_CHARS, 2 + SDK_REF_CHARS, _SDK_HEAD.size - 4
     # PostgreSQL COPY rows from slices of the body: after the fixed fields, the ref's
     # u16 length and bytes (zero-extended to COPY's i32 length by the head), then the
     # two sealed payloads with their u32 lengths exactly as COPY wants them (a missing
