@@ -234,12 +234,25 @@ class Upload(Base):
     my_epoch: Mapped[int] = mapped_column(Integer)
     partner_epoch: Mapped[int] = mapped_column(Integer)
     record_count: Mapped[int] = mapped_column(Integer)
+    # A manifest may leave chunk_count and digest for the commit (the SDK sends chunks as
+    # it builds them): until then they hold 0 and "" (DEFERRED), which keeps the columns
+    # NOT NULL and spares SQLite a rebuild of `uploads` (which its foreign keys cascade
+    # from).
     chunk_count: Mapped[int] = mapped_column(Integer)
     digest: Mapped[str] = mapped_column(String(64))
     confirm_shrink: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     committed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    @property
+    def deferred(self) -> bool:
+        """Whether chunk_count and digest are still to come with the commit."""
+        return self.digest == DEFERRED
+
+
+DEFERRED = ""
+"""`uploads.digest` of a manifest that leaves chunk_count and digest for the commit."""
 
 
 class UploadChunk(Base):

@@ -672,6 +672,7 @@ class FakeEscrow:
         self.fail_times = 0
         self.refuse_commit = False
         self.puts: list[tuple[str, int]] = []
+        self.ends: list[protocol.UploadCommit | None] = []
 
     def list_partnerships(self, *, status: Any = None) -> list[protocol.Partnership]:
         return [self.partnership]
@@ -723,15 +724,21 @@ class FakeEscrow:
         assert u["chunks"].get(n, body) == body  # a re-sent chunk is identical
         u["chunks"][n] = body
 
-    def commit_upload(self, uid: Any) -> protocol.Upload:
+    def commit_upload(self, uid: Any, end: protocol.UploadCommit | None = None) -> protocol.Upload:
         if self.refuse_commit:
             request = httpx.Request("POST", f"http://escrow/v1/uploads/{uid}/commit")
             problem = {"title": "Unprocessable Content", "detail": "ref 'x' is in two chunks"}
             raise ValidationError(httpx.Response(422, json=problem, request=request), problem)
+        self.ends.append(end)
         u = self.uploads[str(uid)]
         m = u["manifest"]
-        chunks = [u["chunks"][n] for n in range(m.chunk_count)]
-        assert bsync.upload_digest(hashlib.sha256(c).digest() for c in chunks) == m.digest
+        # the escrow's rule: the commit completes a manifest that left these out
+        assert (m.chunk_count is None) == (m.digest is None) and (end is not None or m.digest)
+        count = end.chunk_count if end is not None else m.chunk_count
+        digest = end.digest if end is not None else m.digest
+        assert set(u["chunks"]) == set(range(count))
+        chunks = [u["chunks"][n] for n in range(count)]
+        assert bsync.upload_digest(hashlib.sha256(c).digest() for c in chunks) == digest
         assert sum(bsync.binary_chunk_records(c) for c in chunks) == m.record_count
         u["status"] = "committed"
         return self.get_upload(uid)
@@ -841,6 +848,66 @@ def test_interrupted_sync_resumes_next_run_with_same_bytes(escrow: Any, tmp_path
     assert 2 in {n for _, n in fake.puts}
     assert all(fake.uploads[uid]["chunks"][n] == body for n, body in staged.items())
     assert not state_dir.exists()
+
+
+def test_chunks_are_sent_while_later_ones_are_built(escrow: Any, tmp_path: Path) -> None:
+    """The manifest leaves chunk_count and digest for the commit (docs/protocol.md §8.1),
+    so the first chunk goes out before the last one is built."""
+    fake, me = escrow
+    events: list[bsync.ProgressEvent] = []
+    report = run(
+        fake,
+        me,
+        tmp_path,
+        population="customers",
+        population_column=None,
+        population_map=None,
+        progress=events.append,
+    )
+    (u,) = report.uploads
+    assert u.status == "committed" and u.chunks >= 3
+    (m,) = [x["manifest"] for x in fake.uploads.values()]
+    assert m.chunk_count is None and m.digest is None and m.record_count == u.records
+    (end,) = fake.ends
+    assert end is not None and end.chunk_count == u.chunks
+    stages = [(e.stage, e.done) for e in events if e.stage in ("build", "send")]
+    last_build = max(i for i, (stage, _) in enumerate(stages) if stage == "build")
+    first_send = min(i for i, (stage, _) in enumerate(stages) if stage == "send")
+    assert first_send < last_build, stages
+    # the send bar learns its total when the build has ended
+    sends = [e for e in events if e.stage == "send"]
+    assert sends[0].total is None and sends[-1].total == u.chunks
+
+
+def test_a_sync_stopped_mid_build_leaves_nothing_staged(
+    escrow: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunks already sent cannot be resumed when the build stopped before its end (a
+    rebuilt chunk has other nonces): the upload is aborted and its files removed, and the
+    next run starts afresh."""
+    fake, me = escrow
+    real = bsync.build_upload
+
+    def two_then_fail(*a: Any, **kw: Any) -> Iterator[bsync.Chunk]:
+        for c in real(*a, **kw):
+            if c.n == 2:
+                raise KeyboardInterrupt
+            yield c
+
+    monkeypatch.setattr(bsync, "build_upload", two_then_fail)
+    kw: dict[str, Any] = {
+        "population": "customers",
+        "population_column": None,
+        "population_map": None,
+    }
+    with pytest.raises(KeyboardInterrupt):
+        run(fake, me, tmp_path, **kw)
+    (old,) = fake.uploads
+    assert fake.uploads[old]["status"] == "aborted" and fake.uploads[old]["chunks"]
+    assert not (tmp_path / "state" / f"{fake.partnership.id}-customers").exists()
+    monkeypatch.setattr(bsync, "build_upload", real)
+    (u,) = run(fake, me, tmp_path, **kw).uploads
+    assert u.status == "committed" and not u.resumed and u.upload_id != old
 
 
 def test_changed_input_aborts_the_old_staged_upload(escrow: Any, tmp_path: Path) -> None:

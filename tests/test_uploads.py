@@ -11,7 +11,7 @@ from sqlalchemy import event, func, select, update
 
 from service.models import Job, Upload, UploadChunk, matches, records, tokens, utcnow
 from tests.conftest import partner_up
-from tests.uploads import b64, manifest, match_pairs, ndjson, record, upload, wait_jobs
+from tests.uploads import b64, digest, manifest, match_pairs, ndjson, record, upload, wait_jobs
 
 CT = {"content-type": "application/x-ndjson"}
 
@@ -242,6 +242,82 @@ def test_commit_verifies_chunks_count_and_digest(client, tenants, pair):
     client.put(f"/v1/uploads/{up2['id']}/chunks/0", content=c0, headers={**h, **CT})
     r = client.post(f"/v1/uploads/{up2['id']}/commit", headers=h)
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "record_count"
+
+
+def test_manifest_may_leave_chunk_count_and_digest_for_the_commit(client, tenants, app, pair):
+    """docs/protocol.md §8.1: a manifest with chunk_count and digest null takes chunks
+    while the client still builds them; the commit's body completes it, and every check
+    of a full manifest still applies."""
+    h = tenants.a.headers("uploader")
+    cs = [ndjson([record("a", [1]), record("b", [2])]), ndjson([record("c", [3])])]
+    deferred = {"chunk_count": None, "digest": None}
+
+    def staged(records: int = 3) -> str:
+        r = client.post(
+            f"/v1/partnerships/{pair}/uploads",
+            headers=h,
+            json=manifest(client, tenants.a, pair, "customers", cs, records, **deferred),
+        )
+        assert r.status_code == 201, r.text
+        assert r.json()["chunk_count"] is None
+        return r.json()["id"]
+
+    def put(uid: str, n: int, body: bytes) -> int:
+        return client.put(
+            f"/v1/uploads/{uid}/chunks/{n}", content=body, headers={**h, **CT}
+        ).status_code
+
+    def commit(uid: str, **body) -> dict:
+        r = client.post(f"/v1/uploads/{uid}/commit", headers=h, json=body or None)
+        return {**r.json(), "http": r.status_code}
+
+    # one without the other is refused, naming the missing one
+    for given, missing in (({"digest": None}, "digest"), ({"chunk_count": None}, "chunk_count")):
+        body = manifest(client, tenants.a, pair, "customers", cs, 3, **given)
+        r = client.post(f"/v1/partnerships/{pair}/uploads", headers=h, json=body)
+        assert r.status_code == 422 and r.json()["errors"][0]["field"] == missing, r.text
+
+    uid = staged()
+    assert put(uid, 0, cs[0]) == 200 and put(uid, 1, cs[1]) == 200
+    # chunk numbers are bounded by the record count (every chunk holds a record)
+    assert put(uid, 3, cs[1]) == 422
+    r = commit(uid)
+    assert r["http"] == 422 and {e["field"] for e in r["errors"]} == {"chunk_count", "digest"}
+    r = commit(uid, chunk_count=2, digest=digest(cs[::-1]))
+    assert r["http"] == 422 and r["errors"][0]["field"] == "digest"
+    r = commit(uid, chunk_count=1, digest=digest(cs[:1]))
+    assert r["http"] == 422 and r["errors"][0]["field"] == "chunk_count", r
+    r = commit(uid, chunk_count=3, digest=digest([*cs, cs[1]]))
+    assert r["http"] == 409 and r["missing_chunks"] == [2]
+    # the refused commits left the manifest open
+    assert client.get(f"/v1/uploads/{uid}", headers=h).json()["chunk_count"] is None
+    r = commit(uid, chunk_count=2, digest=digest(cs))
+    assert r["http"] == 200 and r["status"] == "committed" and r["chunk_count"] == 2, r
+    assert r["record_count"] == 3 and _count(app, records, upload_num=_num(app, uid)) == 3
+
+    # a full manifest takes the same values again at the commit, and no others
+    full = client.post(
+        f"/v1/partnerships/{pair}/uploads",
+        headers=h,
+        json=manifest(client, tenants.a, pair, "customers", cs, 3),
+    ).json()["id"]
+    assert put(full, 0, cs[0]) == 200 and put(full, 1, cs[1]) == 200
+    r = commit(full, chunk_count=2, digest=digest(cs[:1] * 2))
+    assert r["http"] == 422 and r["errors"][0]["field"] == "digest"
+    r = commit(full, chunk_count=3, digest=digest(cs))
+    assert r["http"] == 422 and r["errors"][0]["field"] == "chunk_count"
+    assert commit(full, chunk_count=2, digest=digest(cs))["http"] == 200
+
+    # a wrong record count is still caught
+    short = staged(records=4)
+    assert put(short, 0, cs[0]) == 200 and put(short, 1, cs[1]) == 200
+    r = commit(short, chunk_count=2, digest=digest(cs))
+    assert r["http"] == 422 and r["errors"][0]["field"] == "record_count"
+
+
+def _num(app, uid: str) -> int:
+    with app.state.sessionmaker() as s:
+        return s.execute(select(Upload.num).where(Upload.id == uuid.UUID(uid))).scalar_one()
 
 
 def test_duplicate_ref_across_chunks(client, tenants, pair):

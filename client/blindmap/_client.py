@@ -370,10 +370,14 @@ class Client:
             ).json()
         )
 
-    def commit_upload(self, upload_id: str | uuid.UUID) -> protocol.Upload:
-        """Verify count and digest, replace the previous list atomically, start matching."""
+    def commit_upload(
+        self, upload_id: str | uuid.UUID, end: protocol.UploadCommit | None = None
+    ) -> protocol.Upload:
+        """Verify count and digest, replace the previous list atomically, start matching.
+        `end` gives chunk_count and digest when the manifest left them for the commit."""
+        body = None if end is None else end.model_dump(mode="json")
         return protocol.Upload.model_validate(
-            self.request("POST", f"/v1/uploads/{upload_id}/commit").json()
+            self.request("POST", f"/v1/uploads/{upload_id}/commit", json=body).json()
         )
 
     def abort_upload(self, upload_id: str | uuid.UUID) -> None:

@@ -287,13 +287,30 @@ class UploadCreate(_Request):
     )
     key_epochs: KeyEpochs
     record_count: int = Field(ge=0, description="Records in all chunks together")
+    chunk_count: int | None = Field(
+        None,
+        ge=0,
+        description="Chunks numbered 0..chunk_count-1; null: given at the commit (with the "
+        "digest), so that chunks can be sent while later ones are still being built",
+    )
+    digest: Sha256Hex | None = Field(
+        None,
+        description="SHA-256 over the concatenated SHA-256 digests of the chunk bodies, "
+        "in chunk order (lowercase hex); null exactly when chunk_count is",
+    )
+    confirm_shrink: bool = Field(
+        False, description="Allow replacing a list with a much smaller (or empty) one"
+    )
+
+
+class UploadCommit(_Request):
+    """The end of a manifest that left `chunk_count` and `digest` for the commit (or the
+    same values again, which are then checked against the manifest's)."""
+
     chunk_count: int = Field(ge=0, description="Chunks numbered 0..chunk_count-1")
     digest: Sha256Hex = Field(
         description="SHA-256 over the concatenated SHA-256 digests of the chunk bodies, "
         "in chunk order (lowercase hex)"
-    )
-    confirm_shrink: bool = Field(
-        False, description="Allow replacing a list with a much smaller (or empty) one"
     )
 
 
@@ -321,7 +338,9 @@ class Upload(_Response):
     sealed_fields: list[str]
     key_epochs: dict[str, int]
     record_count: int
-    chunk_count: int
+    chunk_count: int | None = Field(
+        None, description="null until the commit when the manifest left it for the commit"
+    )
     received_chunks: list[int] = Field(default_factory=list)
     received_records: int = 0
     created_at: datetime

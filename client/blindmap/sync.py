@@ -45,7 +45,7 @@ import struct
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import repeat
@@ -115,7 +115,7 @@ MAX_FIELD_CHARS: Final = 200
 escrow's per-payload limit (4 KiB by default)."""
 _TRANSIENT_ROUNDS: Final = 5
 _sleep: Callable[[float], None] = time.sleep  # test seam
-_STATE_VERSION: Final = 1
+_STATE_VERSION: Final = 2  # 2: chunk_count and digest null until the build ends
 
 CANONICAL_FIELDS: Final = (
     "id",
@@ -1337,87 +1337,84 @@ def _sync_one(
     state = staging.load()
     reuse = state is not None and state.get("fingerprint") == fingerprint and staging.intact(state)
     if state is not None and not reuse:
+        # a different input, or a build that stopped before its last chunk (the seals'
+        # nonces make a rebuilt chunk differ from one the escrow may hold): start afresh
         _abort_quietly(client, state.get("upload_id"))
         staging.clear()
         state = None
-    if state is None:
-        staging.clear()
-        _private_dir(staging.dir)
-        sums: list[str] = []
-        records = 0
-        for c in chunks():
-            _write_private(staging.chunk_path(c.n), c.body)
-            sums.append(c.sha256.hex())
-            records += c.records
-        state = {
-            "version": _STATE_VERSION,
-            "fingerprint": fingerprint,
-            "partnership_id": str(pid),
-            "population": pop,
-            "record_count": records,
-            "chunk_count": len(sums),
-            "chunk_sha256": sums,
-            "digest": upload_digest(bytes.fromhex(s) for s in sums),
-            "upload_id": None,
-            "manifest": None,
-        }
-        staging.save(state)
-    else:
-        result.resumed = True
+    # chunk_count and digest go with the commit (docs/protocol.md §8.1), so each chunk is
+    # sent as soon as it is built, while the next ones are sealed
     manifest = protocol.UploadCreate(
         population=pop,
         normalizer_version=normalize.NORMALIZER_VERSION,
         token_kinds=[protocol.TokenKind(k) for k in token_kinds],
         sealed_fields=sealed,
         key_epochs=epochs,
-        record_count=state["record_count"],
-        chunk_count=state["chunk_count"],
-        digest=state["digest"],
+        record_count=total,
         confirm_shrink=confirm_shrink,
     )
-    result.records = state["record_count"]
-    result.chunks = state["chunk_count"]
+    result.records = total
     upload: protocol.Upload | None = None
-    if state.get("upload_id"):
-        try:
-            upload = client.get_upload(state["upload_id"])
-        except NotFoundError:
-            upload = None
-        if upload is not None and upload.status is protocol.UploadStatus.committed:
-            staging.clear()  # committed before the last run could clean up
-            result.upload_id = str(upload.id)
-            return result
-        if upload is not None and (
-            upload.status is not protocol.UploadStatus.staged
-            or state.get("manifest") != manifest.model_dump(mode="json")
-        ):
-            _abort_quietly(client, str(upload.id))
-            upload = None
+    if state is None:
+        staging.clear()
+        _private_dir(staging.dir)
+        state = {
+            "version": _STATE_VERSION,
+            "fingerprint": fingerprint,
+            "partnership_id": str(pid),
+            "population": pop,
+            "record_count": total,
+            "chunk_count": None,  # until the last chunk is built
+            "chunk_sha256": [],
+            "digest": None,
+            "upload_id": None,
+            "manifest": None,
+        }
+    else:
+        result.resumed = True
+        if state.get("upload_id"):
+            try:
+                upload = client.get_upload(state["upload_id"])
+            except NotFoundError:
+                upload = None
+            if upload is not None and upload.status is protocol.UploadStatus.committed:
+                staging.clear()  # committed before the last run could clean up
+                result.chunks = state["chunk_count"]
+                result.upload_id = str(upload.id)
+                return result
+            if upload is not None and (
+                upload.status is not protocol.UploadStatus.staged
+                or state.get("manifest") != manifest.model_dump(mode="json")
+            ):
+                _abort_quietly(client, str(upload.id))
+                upload = None
     if upload is None:
         upload = client.create_upload(pid, manifest)
         state["upload_id"] = str(upload.id)
         state["manifest"] = manifest.model_dump(mode="json")
         staging.save(state)
     result.upload_id = str(upload.id)
+    building: Generator[int, None, None] | None = None
+    if state["chunk_count"] is None:
+        building = _build_staged(chunks(), staging, state)
     received = set(upload.received_chunks)
-    n_chunks = state["chunk_count"]
     ctype = protocol.BINARY_CHUNK if chunk_format == "binary" else protocol.NDJSON
     for attempt in range(_TRANSIENT_ROUNDS):
         try:
-            for n, sent in _put_chunks(
-                client,
-                upload.id,
-                staging,
-                [n for n in range(n_chunks) if n not in received],
-                ctype,
-                send_ahead,
-            ):
+            todo = (
+                building
+                if building is not None
+                else [n for n in range(state["chunk_count"]) if n not in received]
+            )
+            for n, sent in _put_chunks(client, upload.id, staging, todo, ctype, send_ahead):
                 received.add(n)
                 result.bytes += sent
-                emit("send", len(received), n_chunks)
+                emit("send", len(received), state["chunk_count"])
+            building = None
+            end = protocol.UploadCommit(chunk_count=state["chunk_count"], digest=state["digest"])
             emit("commit", 0, 1)
             try:
-                committed = client.commit_upload(upload.id)
+                committed = client.commit_upload(upload.id, end)
             except ValidationError:
                 # The escrow refused what was sent (count, digest, a ref in two chunks):
                 # resuming these bytes would fail the same way, so start afresh next time.
@@ -1426,8 +1423,13 @@ def _sync_one(
                 raise
             break
         except (APIConnectionError, InternalServerError) as exc:
-            # The SDK already retried this request; wait, ask the escrow what it holds and
-            # continue the same upload with the same bytes.
+            # The SDK already retried this request. Build (and stage) the rest first if the
+            # build was still going, then wait, ask the escrow what it holds and continue
+            # the same upload with the same bytes.
+            if building is not None:
+                for _ in building:
+                    pass
+                building = None
             if attempt == _TRANSIENT_ROUNDS - 1:
                 raise SyncError(
                     f"{partner}/{pop}: the escrow kept failing ({exc}); the upload is staged "
@@ -1442,21 +1444,51 @@ def _sync_one(
                 committed = got
                 break
             received = set(got.received_chunks)
+        except BaseException:
+            if building is not None:
+                # stopped mid-build (a refused chunk, a field that cannot be sealed, ^C):
+                # what was staged cannot be resumed, so nothing is kept on either side
+                building.close()
+                _abort_quietly(client, str(upload.id))
+                staging.clear()
+            raise
+    result.chunks = state["chunk_count"]
     emit("commit", 1, 1)
     staging.clear()
     result.upload_id = str(committed.id)
     return result
 
 
+def _build_staged(
+    chunks: Iterable[Chunk], staging: _Staging, state: dict[str, Any]
+) -> Generator[int, None, None]:
+    """Write each chunk's file as it is built and yield its number; after the last, the
+    state gets the chunk count, the chunks' SHA-256 and the digest, and is saved (from
+    then on a stopped upload can resume with the same bytes)."""
+    sums: list[str] = []
+    for c in chunks:
+        if c.n != len(sums):
+            raise AssertionError(f"chunk {c.n} built after {len(sums)} others")
+        _write_private(staging.chunk_path(c.n), c.body)
+        sums.append(c.sha256.hex())
+        yield c.n
+    state["chunk_count"] = len(sums)
+    state["chunk_sha256"] = sums
+    state["digest"] = upload_digest(bytes.fromhex(x) for x in sums)
+    staging.save(state)
+
+
 def _put_chunks(
     client: Client,
     upload_id: uuid.UUID,
     staging: _Staging,
-    todo: list[int],
+    todo: Iterable[int],
     content_type: str,
     send_ahead: int,
 ) -> Iterator[tuple[int, int]]:
     """PUT the chunks `todo`, up to `send_ahead` at once; yields (n, bytes) as each lands.
+    `todo` may be the build itself (:func:`_build_staged`): the next chunk is then built
+    while the last ones are in flight.
 
     Chunks are independent on the escrow (any order, each idempotent), so a few in
     flight keep both the network and the server busy while one is being stored. The
@@ -1468,7 +1500,7 @@ def _put_chunks(
         client.put_chunk(upload_id, n, body, content_type=content_type)
         return n, len(body)
 
-    if send_ahead <= 1 or len(todo) <= 1:
+    if send_ahead <= 1:
         for n in todo:
             yield put(n)
         return
@@ -1476,10 +1508,10 @@ def _put_chunks(
         pending: deque[Future[tuple[int, int]]] = deque()
         it = iter(todo)
         try:
-            for n in it:
-                pending.append(pool.submit(put, n))
-                if len(pending) >= send_ahead:
+            for n in it:  # `todo` may build chunk n only now: with the others in flight
+                while len(pending) >= send_ahead:
                     yield pending.popleft().result()
+                pending.append(pool.submit(put, n))
             while pending:
                 yield pending.popleft().result()
         finally:

@@ -105,10 +105,15 @@ async def put_chunk(
 
 @router.post("/v1/uploads/{upload_id}/commit", response_model=protocol.Upload)
 def commit_upload(
-    upload_id: uuid.UUID, request: Request, session: SessionDep, caller: UploaderKey
+    upload_id: uuid.UUID,
+    request: Request,
+    session: SessionDep,
+    caller: UploaderKey,
+    body: protocol.UploadCommit | None = None,
 ) -> protocol.Upload:
-    """Verify count and digest; replace my previous list atomically; start matching."""
-    up = service.commit(session, request.app.state.settings, caller, upload_id)
+    """Verify count and digest; replace my previous list atomically; start matching. The
+    body gives chunk_count and digest when the manifest left them for the commit."""
+    up = service.commit(session, request.app.state.settings, caller, upload_id, body)
     return service.view(session, up)
 
 

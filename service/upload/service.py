@@ -22,6 +22,7 @@ from service.auth import Principal
 from service.config import Settings
 from service.disclosure import service as disclosures
 from service.models import (
+    DEFERRED,
     Company,
     Job,
     Partnership,
@@ -126,9 +127,16 @@ def create(
             "population-cap",
             pop.slug,
         )
-    if body.chunk_count * settings.max_chunk_records < body.record_count or (
-        body.record_count == 0
-    ) != (body.chunk_count == 0):
+    if (body.chunk_count is None) != (body.digest is None):
+        missing = "digest" if body.digest is None else "chunk_count"
+        raise errors.Unprocessable(
+            "chunk_count and digest come together: both in the manifest, or both null "
+            "and given at the commit",
+            errors=[{"field": missing, "in": "body", "message": "given without the other"}],
+        )
+    if body.chunk_count is not None and _too_few_chunks(
+        body.chunk_count, body.record_count, settings
+    ):
         raise errors.Unprocessable(
             f"{body.chunk_count} chunks cannot hold {body.record_count} records "
             f"(at most {settings.max_chunk_records} per chunk)",
@@ -149,8 +157,8 @@ def create(
         my_epoch=body.key_epochs.mine,
         partner_epoch=body.key_epochs.partner,
         record_count=body.record_count,
-        chunk_count=body.chunk_count,
-        digest=body.digest,
+        chunk_count=body.chunk_count or 0,
+        digest=DEFERRED if body.digest is None else body.digest,
         confirm_shrink=body.confirm_shrink,
         created_at=utcnow(),
     )
@@ -166,6 +174,12 @@ def create(
         details={"population": pop.slug, "records": body.record_count},
     )
     return up
+
+
+def _too_few_chunks(chunk_count: int, record_count: int, settings: Settings) -> bool:
+    return chunk_count * settings.max_chunk_records < record_count or (record_count == 0) != (
+        chunk_count == 0
+    )
 
 
 def get(
@@ -208,7 +222,15 @@ def put_chunk(
     up = get(session, caller, upload_id)
     if up.status != "staged":
         raise _not_staged(up.status)
-    if not 0 <= n < up.chunk_count:
+    if up.deferred:
+        # chunk_count comes with the commit; no upload has more chunks than records
+        if not 0 <= n < up.record_count:
+            raise errors.Unprocessable(
+                f"chunk number {n} is outside 0..{up.record_count - 1}: the manifest "
+                f"announced {up.record_count} records, and every chunk holds one at least",
+                errors=[{"field": "n", "in": "path", "message": "out of range"}],
+            )
+    elif not 0 <= n < up.chunk_count:
         raise errors.Unprocessable(
             f"chunk number {n} is outside 0..{up.chunk_count - 1} declared in the manifest",
             errors=[{"field": "n", "in": "path", "message": "out of range"}],
@@ -311,10 +333,29 @@ def _drop_data(session: Session, upload_num: int) -> None:
     session.execute(delete(UploadChunk).where(UploadChunk.upload_num == upload_num))
 
 
-def commit(session: Session, settings: Settings, caller: Principal, upload_id: uuid.UUID) -> Upload:
-    """Verify the upload, then atomically replace the previous list and enqueue matching."""
+def commit(
+    session: Session,
+    settings: Settings,
+    caller: Principal,
+    upload_id: uuid.UUID,
+    body: protocol.UploadCommit | None = None,
+) -> Upload:
+    """Verify the upload, then atomically replace the previous list and enqueue matching.
+
+    `body` completes a manifest that left chunk_count and digest for the commit; given
+    for a manifest that had them, it must repeat them."""
     up = _staged(session, caller, upload_id)  # locked: no chunk can arrive meanwhile
+    _complete_manifest(up, body, settings)
     got = chunks_of(session, up)
+    beyond = [c.n for c in got if c.n >= up.chunk_count]
+    if beyond:
+        raise errors.Unprocessable(
+            f"chunk {beyond[0]} was received, but the commit says the upload has "
+            f"{up.chunk_count} chunks (0..{up.chunk_count - 1}). Abort and upload again.",
+            errors=[
+                {"field": "chunk_count", "in": "body", "message": f"chunk {beyond[0]} received"}
+            ],
+        )
     missing = sorted(set(range(up.chunk_count)) - {c.n for c in got})
     if missing:
         shown = ", ".join(map(str, missing[:20])) + (" …" if len(missing) > 20 else "")
@@ -415,6 +456,41 @@ def commit(session: Session, settings: Settings, caller: Principal, upload_id: u
     return up
 
 
+def _complete_manifest(up: Upload, body: protocol.UploadCommit | None, settings: Settings) -> None:
+    if body is None:
+        if up.deferred:
+            raise errors.Unprocessable(
+                "This upload's manifest left chunk_count and digest for the commit: send "
+                'them in its body, {"chunk_count": …, "digest": …}.',
+                errors=[
+                    {"field": "chunk_count", "in": "body", "message": "required"},
+                    {"field": "digest", "in": "body", "message": "required"},
+                ],
+            )
+        return
+    if not up.deferred:
+        for fld, mine, given in (
+            ("chunk_count", up.chunk_count, body.chunk_count),
+            ("digest", up.digest, body.digest),
+        ):
+            if mine != given:
+                raise errors.Unprocessable(
+                    f"The commit's {fld} ({given}) differs from the manifest's ({mine}).",
+                    errors=[{"field": fld, "in": "body", "message": "differs from the manifest"}],
+                )
+        return
+    if _too_few_chunks(body.chunk_count, up.record_count, settings):
+        raise errors.Unprocessable(
+            f"{body.chunk_count} chunks cannot hold {up.record_count} records "
+            f"(at most {settings.max_chunk_records} per chunk)",
+            errors=[
+                {"field": "chunk_count", "in": "body", "message": "inconsistent with record_count"}
+            ],
+        )
+    # in the commit's transaction: a commit refused below leaves the manifest open
+    up.chunk_count, up.digest = body.chunk_count, body.digest
+
+
 @jobs.handler("drop_upload")
 def drop_replaced(session: Session, job: Job) -> None:
     """Free a superseded list's rows; a no-op for any list still staged or committed."""
@@ -470,7 +546,7 @@ def view(session: Session, up: Upload) -> protocol.Upload:
         sealed_fields=up.sealed_fields,
         key_epochs={"mine": up.my_epoch, "partner": up.partner_epoch},
         record_count=up.record_count,
-        chunk_count=up.chunk_count,
+        chunk_count=None if up.deferred else up.chunk_count,
         received_chunks=[c.n for c in got],
         received_records=sum(c.records for c in got)
         if got
