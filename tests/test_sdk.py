@@ -186,3 +186,30 @@ def test_a_long_retry_after_is_raised_at_once():
     with pytest.raises(blindmap.RateLimitError):
         c.me()
     assert len(calls) == 1 and c.slept == []
+
+
+def test_a_sent_chunk_body_is_freed_without_waiting_for_the_collector():
+    """httpx's response and its stream refer to each other and the response holds the
+    request: the SDK ends that cycle, so a chunk body dies with its last reference, not
+    at the next full collection (which a process holding a million accounts rarely
+    runs: a 1M sync kept ≈ 250 MB of sent bodies until then)."""
+    import gc
+    import sys
+    import uuid
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        receipt = {"upload_id": str(uuid.uuid4()), "n": 0, "records": 1, "sha256": "0" * 64}
+        return httpx.Response(200, json=receipt)
+
+    c = _client(handler)
+    body = bytes(1000)
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        held = sys.getrefcount(body)
+        for _ in range(3):
+            c.put_chunk(uuid.uuid4(), 0, body, content_type=protocol.BINARY_CHUNK)
+        assert sys.getrefcount(body) == held
+    finally:
+        if was:
+            gc.enable()

@@ -143,6 +143,11 @@ class Client:
                     ) from exc
                 self._sleep(self._backoff(attempt))
             else:
+                # httpx's response and its stream refer to each other, and the response
+                # to the request: until a full garbage collection (rare in a process that
+                # holds a million accounts) every chunk body sent stayed alive. The body
+                # is read; a plain stream of it ends the cycle.
+                resp.stream = httpx.ByteStream(resp.content)
                 wait = self._retry_after(resp)
                 # 409 + Retry-After: our own earlier attempt is still running on the
                 # escrow (same Idempotency-Key); waiting then gets its response.
