@@ -57,13 +57,18 @@ EXPECTED_422 = {
     ("POST /v1/partnerships/{partnership_id}/uploads", "token_kinds"): "must contain "
     "'domain' and no kind twice",
     ("POST /v1/partnerships/{partnership_id}/uploads", "chunk_count"): "must be able to "
-    "hold record_count (two fields together)",
+    "hold record_count, and be null exactly when digest is (fields together)",
+    ("POST /v1/partnerships/{partnership_id}/uploads", "digest"): "null exactly when "
+    "chunk_count is (two fields together)",
+    ("POST /v1/uploads/{upload_id}/commit", "chunk_count"): "must repeat the manifest's, "
+    "or complete a manifest that left it open (server state)",
+    ("POST /v1/uploads/{upload_id}/commit", "digest"): "as chunk_count",
     ("POST /v1/partnerships/{partnership_id}/uploads", "sealed_fields"): "only fields the "
     "caller's current policy releases (server state)",
     ("POST /v1/partnerships/{partnership_id}/uploads", "normalizer_version"): "must be a "
     "normalizer version the escrow knows",
     ("PUT /v1/uploads/{upload_id}/chunks/{n}", "n"): "must be below the manifest's "
-    "chunk_count (server state)",
+    "chunk_count, or its record_count when it left the count for the commit (server state)",
     ("PUT /v1/uploads/{upload_id}/chunks/{n}", "body"): "a chunk is NDJSON records "
     "(docs/protocol.md §8); the schema can only say 'a string'",
     ("PUT /v1/partnerships/{partnership_id}/policy", "min_count"): "thresholds are strict "
