@@ -905,6 +905,13 @@ def test_a_sync_stopped_mid_build_leaves_nothing_staged(
     (old,) = fake.uploads
     assert fake.uploads[old]["status"] == "aborted" and fake.uploads[old]["chunks"]
     assert not (tmp_path / "state" / f"{fake.partnership.id}-customers").exists()
+    # the same when the build fails while it finishes after a transient escrow failure
+    fake.fail_chunks, fake.fail_times = {0}, 10**6
+    with pytest.raises(KeyboardInterrupt):
+        run(fake, me, tmp_path, send_ahead=1, **kw)  # chunk 0 fails before chunk 2 is built
+    assert len(fake.uploads) == 2 and {u["status"] for u in fake.uploads.values()} == {"aborted"}
+    assert not (tmp_path / "state" / f"{fake.partnership.id}-customers").exists()
+    fake.fail_times = 0
     monkeypatch.setattr(bsync, "build_upload", real)
     (u,) = run(fake, me, tmp_path, **kw).uploads
     assert u.status == "committed" and not u.resumed and u.upload_id != old

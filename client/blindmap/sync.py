@@ -1427,8 +1427,13 @@ def _sync_one(
             # build was still going, then wait, ask the escrow what it holds and continue
             # the same upload with the same bytes.
             if building is not None:
-                for _ in building:
-                    pass
+                try:
+                    for _ in building:
+                        pass
+                except BaseException:
+                    _abort_quietly(client, str(upload.id))
+                    staging.clear()
+                    raise
                 building = None
             if attempt == _TRANSIENT_ROUNDS - 1:
                 raise SyncError(
