@@ -837,9 +837,15 @@ def test_interrupted_sync_resumes_next_run_with_same_bytes(escrow: Any, tmp_path
     assert {0, 1} <= set(staged) and 2 not in staged
     state_dir = tmp_path / "state" / f"{fake.partnership.id}-customers"
     assert (state_dir / "state.json").exists()
+    # what had landed when the build ended is kept as a SHA-256 only; the rest as files
+    state = json.loads((state_dir / "state.json").read_text())
+    assert set(state["landed"]) <= set(staged) and 0 in state["landed"]
+    assert not (state_dir / "chunk-000000.bin").exists()
+    kept = [n for n in range(state["chunk_count"]) if n not in state["landed"]]
+    assert 2 in kept and all((state_dir / f"chunk-{n:06d}.bin").exists() for n in kept)
     if hasattr(__import__("os"), "geteuid"):
         assert state_dir.stat().st_mode & 0o077 == 0
-        assert (state_dir / "chunk-000000.bin").stat().st_mode & 0o077 == 0
+        assert (state_dir / "chunk-000002.bin").stat().st_mode & 0o077 == 0
     fake.fail_times, fake.puts = 0, []
     report = run(fake, me, tmp_path, **kw)
     (u,) = report.uploads
@@ -877,6 +883,52 @@ def test_chunks_are_sent_while_later_ones_are_built(escrow: Any, tmp_path: Path)
     # the send bar learns its total when the build has ended
     sends = [e for e in events if e.stage == "send"]
     assert sends[0].total is None and sends[-1].total == u.chunks
+
+
+def test_streamed_chunks_are_not_written_to_files(
+    escrow: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the build streams, chunk bodies stay in memory until the escrow has them;
+    only those still in flight when the build ends are written (for a resume)."""
+    fake, me = escrow
+    written: list[str] = []
+    real = bsync._write_private
+
+    def spy(path: Path, data: bytes) -> None:
+        written.append(path.name)
+        real(path, data)
+
+    monkeypatch.setattr(bsync, "_write_private", spy)
+    kw: dict[str, Any] = {
+        "population": "customers",
+        "population_column": None,
+        "population_map": None,
+    }
+    (u,) = run(fake, me, tmp_path, send_ahead=2, **kw).uploads
+    assert u.status == "committed" and u.chunks >= 4
+    chunk_files = [w for w in written if w.startswith("chunk-")]
+    assert len(chunk_files) <= 3, chunk_files  # two in flight and the last one built
+
+
+def test_a_resume_starts_afresh_when_the_escrow_lost_chunks_it_had(
+    escrow: Any, tmp_path: Path
+) -> None:
+    """Chunks acknowledged before the build ended are kept as a SHA-256 only: if their
+    upload is gone from the escrow, the next run cannot resend them and starts over."""
+    fake, me = escrow
+    fake.fail_chunks, fake.fail_times = {2}, 10**6
+    kw: dict[str, Any] = {
+        "population": "customers",
+        "population_column": None,
+        "population_map": None,
+    }
+    with pytest.raises(bsync.SyncError):
+        run(fake, me, tmp_path, send_ahead=1, **kw)
+    (old,) = fake.uploads
+    fake.uploads[old]["status"] = "aborted"  # reaped, say
+    fake.fail_times = 0
+    (u,) = run(fake, me, tmp_path, **kw).uploads
+    assert u.status == "committed" and not u.resumed and u.upload_id != old
 
 
 def test_a_sync_stopped_mid_build_leaves_nothing_staged(
