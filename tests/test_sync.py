@@ -758,6 +758,14 @@ def _no_sleep(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bsync, "_sleep", lambda s: None)
 
 
+# one population, "customers", for the whole file
+ONE_POPULATION: dict[str, Any] = {
+    "population": "customers",
+    "population_column": None,
+    "population_map": None,
+}
+
+
 def run(fake: FakeEscrow, me: Any, tmp_path: Path, **kw: Any) -> bsync.SyncReport:
     args: dict[str, Any] = {
         "private_key": me,
@@ -811,9 +819,7 @@ def test_dry_run_sends_nothing(escrow: Any, tmp_path: Path) -> None:
 def test_transient_failure_resumes_same_upload_in_process(escrow: Any, tmp_path: Path) -> None:
     fake, me = escrow
     fake.fail_chunks, fake.fail_times = {1}, 2
-    report = run(
-        fake, me, tmp_path, population="customers", population_column=None, population_map=None
-    )
+    report = run(fake, me, tmp_path, **ONE_POPULATION)
     (u,) = report.uploads
     assert u.status == "committed" and len(fake.uploads) == 1
     sent = [n for _, n in fake.puts]
@@ -823,12 +829,7 @@ def test_transient_failure_resumes_same_upload_in_process(escrow: Any, tmp_path:
 def test_interrupted_sync_resumes_next_run_with_same_bytes(escrow: Any, tmp_path: Path) -> None:
     fake, me = escrow
     fake.fail_chunks, fake.fail_times = {2}, 10**6
-    kw: dict[str, Any] = {
-        "population": "customers",
-        "population_column": None,
-        "population_map": None,
-        "send_ahead": 2,
-    }
+    kw: dict[str, Any] = {**ONE_POPULATION, "send_ahead": 2}
     with pytest.raises(bsync.SyncError, match="run the same command again"):
         run(fake, me, tmp_path, **kw)
     (uid,) = fake.uploads
@@ -861,15 +862,7 @@ def test_chunks_are_sent_while_later_ones_are_built(escrow: Any, tmp_path: Path)
     so the first chunk goes out before the last one is built."""
     fake, me = escrow
     events: list[bsync.ProgressEvent] = []
-    report = run(
-        fake,
-        me,
-        tmp_path,
-        population="customers",
-        population_column=None,
-        population_map=None,
-        progress=events.append,
-    )
+    report = run(fake, me, tmp_path, progress=events.append, **ONE_POPULATION)
     (u,) = report.uploads
     assert u.status == "committed" and u.chunks >= 3
     (m,) = [x["manifest"] for x in fake.uploads.values()]
@@ -899,11 +892,7 @@ def test_streamed_chunks_are_not_written_to_files(
         real(path, data)
 
     monkeypatch.setattr(bsync, "_write_private", spy)
-    kw: dict[str, Any] = {
-        "population": "customers",
-        "population_column": None,
-        "population_map": None,
-    }
+    kw: dict[str, Any] = dict(ONE_POPULATION)
     (u,) = run(fake, me, tmp_path, send_ahead=2, **kw).uploads
     assert u.status == "committed" and u.chunks >= 4
     chunk_files = [w for w in written if w.startswith("chunk-")]
@@ -917,11 +906,7 @@ def test_a_resume_starts_afresh_when_the_escrow_lost_chunks_it_had(
     upload is gone from the escrow, the next run cannot resend them and starts over."""
     fake, me = escrow
     fake.fail_chunks, fake.fail_times = {2}, 10**6
-    kw: dict[str, Any] = {
-        "population": "customers",
-        "population_column": None,
-        "population_map": None,
-    }
+    kw: dict[str, Any] = dict(ONE_POPULATION)
     with pytest.raises(bsync.SyncError):
         run(fake, me, tmp_path, send_ahead=1, **kw)
     (old,) = fake.uploads
@@ -947,11 +932,7 @@ def test_a_sync_stopped_mid_build_leaves_nothing_staged(
             yield c
 
     monkeypatch.setattr(bsync, "build_upload", two_then_fail)
-    kw: dict[str, Any] = {
-        "population": "customers",
-        "population_column": None,
-        "population_map": None,
-    }
+    kw: dict[str, Any] = dict(ONE_POPULATION)
     with pytest.raises(KeyboardInterrupt):
         run(fake, me, tmp_path, **kw)
     (old,) = fake.uploads
@@ -972,11 +953,7 @@ def test_a_sync_stopped_mid_build_leaves_nothing_staged(
 def test_changed_input_aborts_the_old_staged_upload(escrow: Any, tmp_path: Path) -> None:
     fake, me = escrow
     fake.fail_chunks, fake.fail_times = {1}, 10**6
-    kw: dict[str, Any] = {
-        "population": "customers",
-        "population_column": None,
-        "population_map": None,
-    }
+    kw: dict[str, Any] = dict(ONE_POPULATION)
     with pytest.raises(bsync.SyncError):
         run(fake, me, tmp_path, **kw)
     (old,) = fake.uploads
@@ -990,11 +967,7 @@ def test_refused_commit_aborts_instead_of_resuming(escrow: Any, tmp_path: Path) 
     """A 422 at commit is about the bytes sent: the next run must not resume them."""
     fake, me = escrow
     fake.refuse_commit = True
-    kw: dict[str, Any] = {
-        "population": "customers",
-        "population_column": None,
-        "population_map": None,
-    }
+    kw: dict[str, Any] = dict(ONE_POPULATION)
     with pytest.raises(ValidationError, match="two chunks"):
         run(fake, me, tmp_path, **kw)
     (uid,) = fake.uploads

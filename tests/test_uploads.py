@@ -287,6 +287,8 @@ def test_manifest_may_leave_chunk_count_and_digest_for_the_commit(client, tenant
     assert r["http"] == 422 and r["errors"][0]["field"] == "digest"
     r = commit(uid, chunk_count=1, digest=digest(cs[:1]))
     assert r["http"] == 422 and r["errors"][0]["field"] == "chunk_count", r
+    r = commit(uid, chunk_count=0, digest=digest([]))
+    assert r["http"] == 422 and "cannot hold 3 records" in r["detail"], r
     r = commit(uid, chunk_count=3, digest=digest([*cs, cs[1]]))
     assert r["http"] == 409 and r["missing_chunks"] == [2]
     # the refused commits left the manifest open

@@ -134,16 +134,8 @@ def create(
             "and given at the commit",
             errors=[{"field": missing, "in": "body", "message": "given without the other"}],
         )
-    if body.chunk_count is not None and _too_few_chunks(
-        body.chunk_count, body.record_count, settings
-    ):
-        raise errors.Unprocessable(
-            f"{body.chunk_count} chunks cannot hold {body.record_count} records "
-            f"(at most {settings.max_chunk_records} per chunk)",
-            errors=[
-                {"field": "chunk_count", "in": "body", "message": "inconsistent with record_count"}
-            ],
-        )
+    if body.chunk_count is not None:
+        _check_chunks_hold(body.chunk_count, body.record_count, settings)
     _check_epochs(session, p, caller.company_id, body.key_epochs.mine, body.key_epochs.partner)
     _check_sealed_fields(session, p, caller.company_id, pop.slug, body.sealed_fields)
     up = Upload(
@@ -176,10 +168,17 @@ def create(
     return up
 
 
-def _too_few_chunks(chunk_count: int, record_count: int, settings: Settings) -> bool:
-    return chunk_count * settings.max_chunk_records < record_count or (record_count == 0) != (
+def _check_chunks_hold(chunk_count: int, record_count: int, settings: Settings) -> None:
+    if chunk_count * settings.max_chunk_records < record_count or (record_count == 0) != (
         chunk_count == 0
-    )
+    ):
+        raise errors.Unprocessable(
+            f"{chunk_count} chunks cannot hold {record_count} records "
+            f"(at most {settings.max_chunk_records} per chunk)",
+            errors=[
+                {"field": "chunk_count", "in": "body", "message": "inconsistent with record_count"}
+            ],
+        )
 
 
 def get(
@@ -479,14 +478,7 @@ def _complete_manifest(up: Upload, body: protocol.UploadCommit | None, settings:
                     errors=[{"field": fld, "in": "body", "message": "differs from the manifest"}],
                 )
         return
-    if _too_few_chunks(body.chunk_count, up.record_count, settings):
-        raise errors.Unprocessable(
-            f"{body.chunk_count} chunks cannot hold {up.record_count} records "
-            f"(at most {settings.max_chunk_records} per chunk)",
-            errors=[
-                {"field": "chunk_count", "in": "body", "message": "inconsistent with record_count"}
-            ],
-        )
+    _check_chunks_hold(body.chunk_count, up.record_count, settings)
     # in the commit's transaction: a commit refused below leaves the manifest open
     up.chunk_count, up.digest = body.chunk_count, body.digest
 
