@@ -11,22 +11,24 @@ Pipeline, per DESIGN §3 and docs/protocol.md §8:
    partnership: pseudonymous ref, domain (and name) tokens, a self-sealed copy of id,
    name and domain, and a partner-sealed payload of exactly the fields the policy
    allows. Only tokens, refs and ciphertext are written.
-3. :func:`sync` does the rest against the escrow: for each active partnership it stages
-   the chunks on disk (they must all exist before the manifest, which carries their
-   digest), creates the upload, sends the chunks the escrow does not hold yet, commits.
+3. :func:`sync` does the rest against the escrow: for each active partnership it
+   creates the upload with a manifest that leaves the chunk count and digest for the
+   commit (docs/protocol.md §8.1), sends each chunk as soon as it is built (the next one
+   is sealed while two are in flight), and commits with the count and digest.
 
-Resume: staged chunks live in ``<key file dir>/uploads/<partnership>-<population>/``
-(0700 directory, 0600 files) with a small ``state.json`` naming the upload id, the
-digest and a fingerprint of everything that determines the chunk bytes except the
-random nonces (input file hash, options, policy fields, key epochs, public keys,
-normalizer version). A later run whose fingerprint matches reuses those exact chunk
+Resume: when the build ends, the chunks the escrow has not acknowledged yet are staged in
+``<key file dir>/uploads/<partnership>-<population>/`` (0700 directory, 0600 files) with
+a small ``state.json`` naming the upload id, every chunk's SHA-256 (the acknowledged ones
+keep no file), the digest and a fingerprint of everything that determines the chunk bytes
+except the random nonces (input file hash, options, policy fields, key epochs, public
+keys, normalizer version). A later run whose fingerprint matches reuses those exact chunk
 bytes and the same upload id, sending only the chunks missing from the escrow's
-``received_chunks``; any other run aborts the old staged upload and starts afresh. The
-directory is deleted once the upload is committed.
+``received_chunks``; any other run, or one stopped before its build ended, aborts the old
+staged upload and starts afresh. The directory is deleted once the upload is committed.
 
 Memory: the accounts that survive reading are held once (a compact tuple per row, with
-repeated categorical values shared); chunks are built one at a time and written to the
-staging directory, never all held together.
+repeated categorical values shared); chunks are built one at a time and held only until
+the escrow has them (a few at a time), never all together.
 """
 
 from __future__ import annotations
