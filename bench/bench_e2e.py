@@ -156,7 +156,7 @@ def _worker_sync(spec: dict[str, Any]) -> dict[str, Any]:
     build_at = marks.get("build", 0.0)
     send_at = marks.get("send", build_at)
     commit_at = marks.get("commit0", total)
-    # Chunks go out as they are built: "build" (tokens, refs, seals, chunk files) and
+    # Chunks go out as they are built: "build" (refs, seals, binary records) and
     # "send" (chunk PUTs) overlap; "build+send" is their wall clock together.
     return {
         "rows": report.rows_read,

@@ -260,6 +260,10 @@ SDK_REF_CHARS = 32
 up to MAX_REF_CHARS is valid; the escrow's parser reads a record with a ref this long and
 one token in one step, the SDK writes its head in one."""
 Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+_DIGEST_DOC = (
+    "SHA-256 over the concatenated SHA-256 digests of the chunk bodies, in chunk order "
+    "(lowercase hex)"
+)
 
 
 class TokenKind(StrEnum):
@@ -294,9 +298,7 @@ class UploadCreate(_Request):
         "digest), so that chunks can be sent while later ones are still being built",
     )
     digest: Sha256Hex | None = Field(
-        None,
-        description="SHA-256 over the concatenated SHA-256 digests of the chunk bodies, "
-        "in chunk order (lowercase hex); null exactly when chunk_count is",
+        None, description=f"{_DIGEST_DOC}; null exactly when chunk_count is"
     )
     confirm_shrink: bool = Field(
         False, description="Allow replacing a list with a much smaller (or empty) one"
@@ -308,10 +310,7 @@ class UploadCommit(_Request):
     same values again, which are then checked against the manifest's)."""
 
     chunk_count: int = Field(ge=0, description="Chunks numbered 0..chunk_count-1")
-    digest: Sha256Hex = Field(
-        description="SHA-256 over the concatenated SHA-256 digests of the chunk bodies, "
-        "in chunk order (lowercase hex)"
-    )
+    digest: Sha256Hex = Field(description=_DIGEST_DOC)
 
 
 class UploadStatus(StrEnum):

@@ -1080,6 +1080,7 @@ class _Staging:
             or not isinstance(landed, list)
         ):
             return False
+        landed = set(landed)
         for n, want in enumerate(sums):
             if n in landed:
                 continue
@@ -1349,8 +1350,7 @@ def _sync_one(
     if state is not None and not reuse:
         # a different input, or a build that stopped before its last chunk (the seals'
         # nonces make a rebuilt chunk differ from one the escrow may hold): start afresh
-        _abort_quietly(client, state.get("upload_id"))
-        staging.clear()
+        _discard(client, staging, state.get("upload_id"))
         state = None
     # chunk_count and digest go with the commit (docs/protocol.md §8.1), so each chunk is
     # sent as soon as it is built, while the next ones are sealed
@@ -1386,9 +1386,7 @@ def _sync_one(
         held = set(upload.received_chunks) if upload is not None else set()
         if not set(state["landed"]) <= held:
             # chunks sent without a local copy are no longer on the escrow: start afresh
-            if upload is not None:
-                _abort_quietly(client, str(upload.id))
-            staging.clear()
+            _discard(client, staging, upload.id if upload is not None else None)
             state, upload = None, None
             result.resumed = False
     if state is None:
@@ -1427,8 +1425,7 @@ def _sync_one(
             except ValidationError:
                 # The escrow refused what was sent (count, digest, a ref in two chunks):
                 # resuming these bytes would fail the same way, so start afresh next time.
-                _abort_quietly(client, str(upload.id))
-                staging.clear()
+                _discard(client, staging, upload.id)
                 raise
             break
         except (APIConnectionError, InternalServerError) as exc:
@@ -1441,8 +1438,7 @@ def _sync_one(
                     for _ in building:
                         pass
                 except BaseException:
-                    _abort_quietly(client, str(upload.id))
-                    staging.clear()
+                    _discard(client, staging, upload.id)
                     raise
                 building = None
             if attempt == _TRANSIENT_ROUNDS - 1:
@@ -1464,8 +1460,7 @@ def _sync_one(
                 # stopped mid-build (a refused chunk, a field that cannot be sealed, ^C):
                 # what was staged cannot be resumed, so nothing is kept on either side
                 building.close()
-                _abort_quietly(client, str(upload.id))
-                staging.clear()
+                _discard(client, staging, upload.id)
             raise
     result.chunks = state["chunk_count"]
     emit("commit", 1, 1)
@@ -1586,6 +1581,12 @@ def _put_chunks(
         finally:
             for f in pending:
                 f.cancel()
+
+
+def _discard(client: Client, staging: _Staging, upload_id: object) -> None:
+    """Give up a staged upload on both sides: abort it on the escrow, remove its files."""
+    _abort_quietly(client, upload_id)
+    staging.clear()
 
 
 def _abort_quietly(client: Client, upload_id: object) -> None:
